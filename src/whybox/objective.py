@@ -1,0 +1,355 @@
+"""The functional view of a trained model: ``model + per-example loss + weight decay + data + θ̂``.
+
+Everything else in whybox reaches autograd only through this class. Parameters are handled as one
+flat vector θ of length p (the trainable subset, in ``named_parameters`` order), so solvers and
+influence code work with plain ``[k, p]`` matrices.
+
+Objective:  R(θ) = (1/n) Σ_i L(z_i, θ) + (weight_decay/2)·‖θ‖²
+Hessian:    H = ∇²R(θ̂) = (1/n) Σ_i ∇²L(z_i, θ̂) + weight_decay·I   (damping is the solver's business)
+
+The per-example loss L is plain: the regulariser lives in R, so removing a training point keeps it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+
+from whybox import losses as _losses
+from whybox.losses import LossFn
+
+ArrayLike = Union[torch.Tensor, np.ndarray, Sequence]
+
+
+def _name_list(params: Union[None, str, Sequence[str]]) -> Optional[list[str]]:
+    if params is None:
+        return None
+    return [params] if isinstance(params, str) else list(params)
+
+
+def as_data(X, y=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn ``(X, y)`` tensors/arrays, a ``Dataset`` or a ``DataLoader`` into two tensors."""
+    if y is None:
+        if isinstance(X, torch.utils.data.DataLoader):
+            pairs = [(xb, yb) for xb, yb in X]
+            return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+        if isinstance(X, torch.utils.data.Dataset):
+            items = [X[i] for i in range(len(X))]  # type: ignore[arg-type]
+            return torch.stack([torch.as_tensor(a) for a, _ in items]), torch.as_tensor(
+                np.asarray([np.asarray(b) for _, b in items])
+            )
+        raise TypeError("y is missing: pass X and y, or a Dataset/DataLoader of (x, y) pairs")
+    return torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X), torch.as_tensor(
+        np.asarray(y) if not torch.is_tensor(y) else y
+    )
+
+
+def _check_finite(t: torch.Tensor, what: str) -> None:
+    if t.is_floating_point() or t.is_complex():
+        bad = ~torch.isfinite(t.reshape(len(t), -1)).all(dim=1) if t.ndim else ~torch.isfinite(t)
+        if bad.any():
+            first = int(torch.nonzero(bad.reshape(-1))[0])
+            raise ValueError(
+                f"{what} contains NaN or inf in {int(bad.sum())} row(s) (first at index {first}); "
+                "remove or impute those rows first"
+            )
+
+
+_TRAIN_MODE_LAYERS = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+class Objective:
+    """A trained model seen as functions of its flat parameter vector θ.
+
+    Args:
+        model: a trained ``nn.Module``; its current parameters are θ̂. Must be in eval mode if it
+            has dropout or batch-norm layers.
+        loss: a name from ``whybox.losses.LOSSES`` (``"cross_entropy"``, ``"logistic"``,
+            ``"squared_error"``, ``"hinge"``, ``"smooth_hinge"``), a ``SmoothHinge(t)``, or any
+            callable ``loss(output, target) -> scalar`` for one example.
+        X, y: the training data (tensors, arrays, or a Dataset/DataLoader as ``X`` with ``y=None``).
+        weight_decay: w in R(θ) = mean loss + (w/2)‖θ‖² (PyTorch's convention: ∇ gains w·θ).
+        params: names (or name prefixes, e.g. ``"fc."``) of the parameters to explain; the rest are
+            frozen. Default: all parameters with ``requires_grad``.
+        batch_size: examples per chunk for every pass over data (bounds memory).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Union[str, LossFn] = "cross_entropy",
+        X: ArrayLike = None,  # type: ignore[assignment]
+        y: Optional[ArrayLike] = None,
+        weight_decay: float = 0.0,
+        params: Union[None, str, Sequence[str]] = None,
+        batch_size: int = 512,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if X is None:
+            raise ValueError("training data X is missing: Objective(model, loss, X=..., y=...)")
+        if not (np.isfinite(weight_decay) and weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.loss_fn, self.loss_name = _losses.resolve(loss)
+        self.weight_decay = float(weight_decay)
+        self.batch_size = int(batch_size)
+        self._check_mode(model)
+        self._split_params(model, _name_list(params))
+        self.X, self.y = self.check_data(X, y, "training")
+        self._train_grads: Optional[torch.Tensor] = None
+
+    # ------------------------------------------------------------------ set-up and validation
+    @staticmethod
+    def _check_mode(model: nn.Module) -> None:
+        active = [n for n, m in model.named_modules() if m.training and isinstance(m, _TRAIN_MODE_LAYERS)]
+        if active:
+            raise ValueError(
+                f"model is in training mode with dropout/batch-norm layers ({', '.join(active[:3])}): "
+                "their output is random or batch-dependent, so influence is undefined; "
+                "call model.eval() first"
+            )
+
+    def _split_params(self, model: nn.Module, wanted: Optional[list[str]]) -> None:
+        named = dict(model.named_parameters())
+        if not named:
+            raise ValueError("model has no parameters to explain")
+        if wanted is None:
+            chosen = [n for n, t in named.items() if t.requires_grad]
+        else:
+            chosen = [n for n in named if any(n == w or n.startswith(w) for w in wanted)]
+            missing = [w for w in wanted if not any(n == w or n.startswith(w) for n in named)]
+            if missing:
+                raise ValueError(
+                    f"params {missing} match no parameter of the model; available: {list(named)}"
+                )
+        if not chosen:
+            raise ValueError("no trainable parameters selected (all have requires_grad=False?)")
+        self.param_names = chosen
+        self.shapes = [named[n].shape for n in chosen]
+        self.sizes = [named[n].numel() for n in chosen]
+        first = named[chosen[0]]
+        self.dtype, self.device = first.dtype, first.device
+        if not first.is_floating_point():
+            raise TypeError(f"parameter {chosen[0]} has dtype {first.dtype}; need floating point")
+        self.theta = torch.cat([named[n].detach().reshape(-1).to(self.dtype) for n in chosen])
+        bad = [n for n in chosen if not torch.isfinite(named[n]).all()]
+        if bad:
+            raise ValueError(
+                f"model parameters {bad} contain NaN or inf: training diverged; retrain the model "
+                "(lower the learning rate) before explaining it"
+            )
+        self.frozen = {n: t.detach() for n, t in named.items() if n not in set(chosen)}
+        self.frozen.update({n: b for n, b in model.named_buffers()})
+
+    def check_data(self, X, y, what: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate and convert ``(X, y)`` for this model: shapes, finiteness, label range."""
+        X, y = as_data(X, y)
+        if X.ndim == 0 or len(X) == 0:
+            raise ValueError(f"{what} data is empty: X has shape {tuple(X.shape)}")
+        if y.ndim == 0 or len(y) != len(X):
+            raise ValueError(
+                f"{what} data: X has {len(X)} rows but y has shape {tuple(y.shape)}; "
+                "give one target per row of X"
+            )
+        if X.is_floating_point():
+            X = X.to(self.dtype)
+        X, y = X.to(self.device), y.to(self.device)
+        _check_finite(X, f"{what} X")
+        _check_finite(y, f"{what} y")
+        out = self._probe(X[:2], what)
+        self._check_targets(out, y, what)
+        return X, y
+
+    def _probe(self, X: torch.Tensor, what: str) -> torch.Tensor:
+        if hasattr(self, "_input_shape") and tuple(X.shape[1:]) != self._input_shape:
+            raise ValueError(
+                f"{what} X has rows of shape {tuple(X.shape[1:])} but the training rows have "
+                f"shape {self._input_shape}; reshape the {what} data to match"
+            )
+        try:
+            with torch.no_grad():
+                out = functional_call(self.model, self._param_dict(self.theta), (X,))
+        except Exception as err:  # the user's model rejected the input
+            raise ValueError(
+                f"model failed on {what} X of shape {tuple(X.shape)} ({type(err).__name__}: {err}); "
+                "X must have shape [n, *input_shape] that the model accepts"
+            ) from None
+        if not torch.is_tensor(out) or out.shape[:1] != X.shape[:1]:
+            raise ValueError(
+                f"model must return a tensor with one row per example, got "
+                f"{type(out).__name__} {getattr(out, 'shape', '')} for {len(X)} examples"
+            )
+        self._input_shape = tuple(X.shape[1:])
+        self.output_shape = tuple(out.shape[1:])
+        return out
+
+    def _check_targets(self, out: torch.Tensor, y: torch.Tensor, what: str) -> None:
+        name = self.loss_name
+        if name == "cross_entropy":
+            n_classes = out.shape[-1] if out.ndim == 2 else None
+            if n_classes is None:
+                raise ValueError(f"cross_entropy needs model outputs of shape [n, C], got {tuple(out.shape)}")
+            if y.is_floating_point() and not torch.equal(y, y.round()):
+                raise ValueError(f"{what} y must hold integer class labels for cross_entropy")
+            if y.ndim != 1 or y.min() < 0 or y.max() >= n_classes:
+                raise ValueError(
+                    f"{what} labels must be integers in [0, {n_classes}) for a model with "
+                    f"{n_classes} outputs; got range [{y.min().item()}, {y.max().item()}]"
+                )
+        elif name in _losses.BINARY:
+            if out[0].numel() != 1:
+                raise ValueError(f"{name} loss needs one score per example, got outputs {tuple(out.shape)}")
+            values = set(torch.unique(y).tolist())
+            if not (values <= {0, 1} or values <= {-1, 1}):
+                raise ValueError(f"{what} labels for {name} must be in {{0, 1}} or {{-1, +1}}; got {sorted(values)[:5]}")
+        elif name == "squared_error" and y[0].numel() != out[0].numel():
+            raise ValueError(
+                f"{what} y rows have {y[0].numel()} values but the model outputs {out[0].numel()}"
+            )
+
+    # ------------------------------------------------------------------ functional core
+    @property
+    def n(self) -> int:
+        return len(self.X)
+
+    @property
+    def p(self) -> int:
+        return self.theta.numel()
+
+    def _param_dict(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        pieces = torch.split(theta, self.sizes)
+        d = {n: t.view(s) for n, t, s in zip(self.param_names, pieces, self.shapes)}
+        d.update(self.frozen)
+        return d
+
+    def outputs(self, X: torch.Tensor, theta: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Model outputs for a batch at θ (default θ̂)."""
+        th = self.theta if theta is None else theta
+        return functional_call(self.model, self._param_dict(th), (X,))
+
+    def _batch_losses(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return vmap(self.loss_fn)(self.outputs(X, theta), y)
+
+    def _example_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.outputs(x.unsqueeze(0), theta).squeeze(0), y)
+
+    def chunks(self, n: int) -> Iterator[slice]:
+        for start in range(0, n, self.batch_size):
+            yield slice(start, min(start + self.batch_size, n))
+
+    def losses(self, X=None, y=None, theta: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Plain per-example losses ``[N]`` (training data by default)."""
+        X, y = self._data(X, y)
+        th = self.theta if theta is None else theta
+        with torch.no_grad():
+            return torch.cat([self._batch_losses(th, X[s], y[s]) for s in self.chunks(len(X))])
+
+    def _data(self, X, y) -> tuple[torch.Tensor, torch.Tensor]:
+        if X is None:
+            return self.X, self.y
+        if torch.is_tensor(X) and torch.is_tensor(y) and X.device == self.device and (
+            not X.is_floating_point() or X.dtype == self.dtype
+        ) and X.ndim >= 1 and len(X) == len(y) and len(X) > 0 and tuple(X.shape[1:]) == self._input_shape:
+            _check_finite(X, "X")
+            return X, y
+        return self.check_data(X, y)
+
+    def risk(self, theta: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """R(θ) = (1/n) Σ wᵢ L(zᵢ, θ) + (w/2)‖θ‖², differentiable in θ (weights default to 1)."""
+        th = self.theta if theta is None else theta
+        total = th.new_zeros(())
+        for s in self.chunks(self.n):
+            l = self._batch_losses(th, self.X[s], self.y[s])
+            total = total + (l if weights is None else l * weights[s]).sum()
+        return total / self.n + 0.5 * self.weight_decay * th.dot(th)
+
+    # ------------------------------------------------------------------ first derivatives
+    def iter_grads(self, X=None, y=None) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Per-example gradients ∇θL(zᵢ, θ̂) as ``(rows, [B, p])`` chunks (batched, no loop over rows)."""
+        X, y = self._data(X, y)
+        per_example = vmap(grad(self._example_loss), in_dims=(None, 0, 0))
+        for s in self.chunks(len(X)):
+            yield s, per_example(self.theta, X[s], y[s]).detach()
+
+    def grads(self, X=None, y=None) -> torch.Tensor:
+        """Per-example gradients of the plain loss, ``[N, p]`` (training data by default; cached)."""
+        if X is None and self._train_grads is not None:
+            return self._train_grads
+        G = torch.cat([g for _, g in self.iter_grads(X, y)])
+        if X is None:
+            self._train_grads = G
+        return G
+
+    def risk_grad(self, theta: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """∇R(θ): zero at a converged θ̂."""
+        th = (self.theta if theta is None else theta).detach()
+        return grad(self.risk)(th)
+
+    # ------------------------------------------------------------------ second derivatives
+    def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        """H·v for a batch ``V [k, p]`` (forward-over-reverse, O(np) per vector, H never formed)."""
+        V = V.reshape(-1, self.p)
+        out = torch.zeros_like(V)
+        for s in self.chunks(self.n):
+            out += self.batch_hvp(V, self.X[s], self.y[s]) * (s.stop - s.start)
+        return out / self.n + self.weight_decay * V
+
+    def batch_hvp(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(mean over the batch of ∇²L)·v for ``V [k, p]``: the mini-batch Hessian, no weight decay."""
+        mean_loss = lambda th: self._batch_losses(th, X, y).mean()  # noqa: E731
+        one = lambda v: jvp(grad(mean_loss), (self.theta,), (v,))[1]  # noqa: E731
+        return vmap(one)(V).detach()
+
+    def example_hessians(self, idx: Sequence[int]) -> torch.Tensor:
+        """Per-example Hessians ∇²L(zᵢ, θ̂), ``[k, p, p]`` (small p only)."""
+        idx = torch.as_tensor(idx, device=self.device).reshape(-1)
+        eye = torch.eye(self.p, dtype=self.dtype, device=self.device)
+        return torch.stack([self.batch_hvp(eye, self.X[i : i + 1], self.y[i : i + 1]) for i in idx.tolist()])
+
+    def hessian(self, block: int = 256) -> torch.Tensor:
+        """The dense Hessian H of R at θ̂, ``[p, p]``, built from HVPs in column blocks."""
+        eye = torch.eye(self.p, dtype=self.dtype, device=self.device)
+        H = torch.cat([self.hvp(eye[i : i + block]) for i in range(0, self.p, block)])
+        return 0.5 * (H + H.T)
+
+    def mixed_grad(self, S: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """∇ₓ(s·∇θL(x, y)) for every s in ``S [m, p]`` and every row of X: ``[m, N, *x.shape]``."""
+        if not X.is_floating_point():
+            raise TypeError(f"pert_loss needs continuous inputs; X has dtype {X.dtype}")
+
+        def directional(x, yy, s):  # s·∇θL(x) = d/dε L(x, θ + εs)
+            return jvp(lambda th: self._example_loss(th, x, yy), (self.theta,), (s,))[1]
+
+        per_train = vmap(grad(directional), in_dims=(0, 0, None))
+        per_test = vmap(per_train, in_dims=(None, None, 0))
+        return torch.cat([per_test(X[s], y[s], S).detach() for s in self.chunks(len(X))], dim=1)
+
+    # ------------------------------------------------------------------ parameters
+    def with_theta(self, theta: torch.Tensor) -> "Objective":
+        """A shallow copy of this objective at other parameters (the model is not touched)."""
+        clone = object.__new__(Objective)
+        clone.__dict__.update(self.__dict__)
+        clone.theta = theta.detach().to(self.dtype).reshape(-1)
+        clone._train_grads = None
+        return clone
+
+    def with_data(self, X, y) -> "Objective":
+        """A shallow copy on other training data (e.g. with a point replaced), same θ."""
+        clone = self.with_theta(self.theta)
+        clone.X, clone.y = self.check_data(X, y, "training")
+        return clone
+
+    def write_to_model(self, theta: Optional[torch.Tensor] = None) -> None:
+        """Copy θ (default θ̂) into the model's parameters."""
+        named = dict(self.model.named_parameters())
+        pieces = torch.split((self.theta if theta is None else theta).detach(), self.sizes)
+        with torch.no_grad():
+            for name, piece, shape in zip(self.param_names, pieces, self.shapes):
+                named[name].copy_(piece.view(shape))

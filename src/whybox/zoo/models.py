@@ -1,0 +1,41 @@
+"""Small reference models. Smooth activations (tanh), so Hessians exist everywhere."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def logistic_regression(n_features: int, n_classes: int, dtype: torch.dtype = torch.float64) -> nn.Module:
+    """L2 logistic regression: C logits (use loss ``cross_entropy``), or one score if binary (``logistic``)."""
+    out = 1 if n_classes == 2 else n_classes
+    return nn.Linear(n_features, out, dtype=dtype)
+
+
+def linear_svm(n_features: int, dtype: torch.dtype = torch.float64) -> nn.Module:
+    """A linear score w·x + b for hinge / smooth-hinge losses (labels ±1 or 0/1)."""
+    return nn.Linear(n_features, 1, dtype=dtype)
+
+
+def mlp(n_features: int, n_classes: int, hidden: Sequence[int] = (32,), dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
+    """A tanh multilayer perceptron (64-32-10 on digits: 2,410 parameters)."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    width = n_features
+    for h in hidden:
+        layers += [nn.Linear(width, h, dtype=dtype), nn.Tanh()]
+        width = h
+    layers.append(nn.Linear(width, 1 if n_classes == 2 else n_classes, dtype=dtype))
+    return nn.Sequential(*layers)
+
+
+def cnn(n_classes: int, in_channels: int = 1, dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
+    """A small tanh CNN for 8×8 images (1,898 parameters with 10 classes)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3, padding=1, dtype=dtype), nn.Tanh(), nn.AvgPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1, dtype=dtype), nn.Tanh(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 2 * 2, n_classes, dtype=dtype),
+    )
