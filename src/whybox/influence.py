@@ -164,6 +164,16 @@ class InfluenceFunction:
         moved = vmap(lambda th: obj._batch_losses(th, X, y))(obj.theta + steps)
         return (moved - base).T.detach()
 
+    # ------------------------------------------------------------------ the Attributor interface
+    def scores(self, X_test, y_test) -> torch.Tensor:
+        """``[m, n]``: predicted rise of each test loss if each training point were removed
+        (first order, = ``removal_effect(order=1)``); higher = more helpful."""
+        return self.removal_effect(X_test, y_test, None, order=1)
+
+    def self_scores(self) -> torch.Tensor:
+        """``[n]``: −self_influence = ∇L(zᵢ)ᵀH⁻¹∇L(zᵢ) ≥ 0; higher = check this label first."""
+        return -self.self_influence()
+
     # ------------------------------------------------------------------ second order internals
     def _newton_steps(self, rows: torch.Tensor) -> torch.Tensor:
         """Δθ_i = (H − ∇²L(z_i)/n)⁻¹ ∇L(z_i)/n for each row, ``[k, p]``."""

@@ -1,0 +1,5 @@
+"""``python -m whybox`` is the ``whybox`` command."""
+
+from whybox.cli import main
+
+main()
