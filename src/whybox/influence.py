@@ -27,6 +27,12 @@ from whybox.objective import Objective
 Index = Union[Sequence[int], torch.Tensor, slice, None]
 
 
+def _solve_each(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """A[i]⁻¹B[i] for each i. (Batched ``linalg.solve`` fails in some MKL builds once
+    ``torch.set_num_threads`` has been called, so solve one system at a time.)"""
+    return torch.stack([torch.linalg.solve(a, b) for a, b in zip(A, B)])
+
+
 class InfluenceFunction:
     """Influence of training points on test predictions: ``InfluenceFunction(objective, solver).fit()``.
 
@@ -185,14 +191,14 @@ class InfluenceFunction:
             HiU = self._solve(U.transpose(1, 2).reshape(k * C, p)).reshape(k, C, p)
             HiG = self._solve(G)
             small = torch.eye(C, dtype=U.dtype, device=U.device) - HiU @ U  # I − UᵀH⁻¹U, [k, C, C]
-            coef = torch.linalg.solve(small, (HiU @ G[:, :, None]))  # (I − UᵀH⁻¹U)⁻¹UᵀH⁻¹g
+            coef = _solve_each(small, HiU @ G[:, :, None])  # (I − UᵀH⁻¹U)⁻¹UᵀH⁻¹g
             return HiG + (HiU.transpose(1, 2) @ coef).squeeze(-1)
         H = getattr(self.curvature, "hessian", None)
         if H is None:
             H = obj.hessian()
             H.diagonal().add_(self.curvature.damping)
         H_minus = H[None] - obj.example_hessians(rows.tolist()) / n
-        return torch.linalg.solve(H_minus, G[:, :, None]).squeeze(-1)
+        return _solve_each(H_minus, G[:, :, None]).squeeze(-1)
 
     def _is_linear_in_params(self) -> bool:
         """Whether the model output is linear in θ (its Jacobian does not change with θ)."""

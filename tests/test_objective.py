@@ -1,0 +1,50 @@
+"""Per-example gradients, HVPs and mixed partials against autograd done the slow way."""
+
+from __future__ import annotations
+
+import torch
+
+import whybox
+
+
+def test_per_example_grads_match_a_python_loop_and_do_not_depend_on_chunking(iris_mlp):
+    _, obj = iris_mlp
+    G = obj.grads()
+    model = obj.model
+    for i in (0, 7, 50):
+        model.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(obj.X[i : i + 1]), obj.y[i : i + 1])
+        loss.backward()
+        ref = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        torch.testing.assert_close(G[i], ref)
+    small = whybox.Objective(model, "cross_entropy", obj.X, obj.y, weight_decay=0.01, batch_size=7)
+    torch.testing.assert_close(small.grads(), G)
+    chunks = list(small.iter_grads())
+    assert len(chunks) == -(-obj.n // 7) and all(g.shape[0] <= 7 for _, g in chunks)
+
+
+def test_hvp_matches_dense_autograd_hessian(iris_mlp):
+    _, obj = iris_mlp
+    H = torch.autograd.functional.hessian(lambda th: obj.risk(th), obj.theta)
+    V = torch.randn(3, obj.p, dtype=obj.dtype)
+    torch.testing.assert_close(obj.hvp(V), V @ H.T)
+    torch.testing.assert_close(obj.hessian(), 0.5 * (H + H.T))
+
+
+def test_risk_gradient_is_zero_at_the_trained_optimum(iris_mlp):
+    _, obj = iris_mlp
+    assert obj.risk_grad().norm() < 1e-6
+
+
+def test_mixed_grad_matches_finite_differences(iris_mlp):
+    _, obj = iris_mlp
+    s = torch.randn(1, obj.p, dtype=obj.dtype)
+    x, y = obj.X[:1].clone(), obj.y[:1]
+    analytic = obj.mixed_grad(s, x, y)[0, 0]
+    eps = 1e-6
+    fd = torch.zeros_like(x[0])
+    for k in range(x.shape[1]):
+        e = torch.zeros_like(x)
+        e[0, k] = eps
+        fd[k] = ((obj.grads(x + e, y) - obj.grads(x - e, y)) @ s[0])[0] / (2 * eps)
+    torch.testing.assert_close(analytic, fd, rtol=1e-5, atol=1e-8)
