@@ -178,7 +178,7 @@ class Objective:
                 out = functional_call(self.model, self._param_dict(self.theta), (X,))
         except Exception as err:  # the user's model rejected the input
             raise ValueError(
-                f"model failed on {what} X of shape {tuple(X.shape)} ({type(err).__name__}: {err}); "
+                f"model failed on {what} rows of shape {tuple(X.shape[1:])} ({type(err).__name__}: {err}); "
                 "X must have shape [n, *input_shape] that the model accepts"
             ) from None
         if not torch.is_tensor(out) or out.shape[:1] != X.shape[:1]:

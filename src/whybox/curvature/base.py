@@ -57,6 +57,7 @@ def not_pd_message(min_eig: float, damping: float, solver: str) -> str:
     fix = max(-min_eig, 0.0) * 1.1 + 1e-3 * max(abs(min_eig), 1e-6)
     return (
         f"the Hessian (+ damping {damping:g}) is not positive definite: smallest eigenvalue "
-        f"{min_eig:.3g}. The model is not at a minimum (not converged, or a non-convex model); "
-        f"add damping, e.g. {solver}(damping={damping + fix:.2g}), or train longer"
+        f"{min_eig:.3g}. The model is not at a minimum (not converged, or non-convex), or the "
+        "objective is flat in some direction (e.g. no weight decay with redundant parameters); "
+        f"add damping, e.g. {solver}(damping={damping + fix:.2g}), use weight decay, or train longer"
     )

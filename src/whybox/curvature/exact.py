@@ -29,15 +29,17 @@ class Exact(Curvature):
         H = objective.hessian()
         H.diagonal().add_(self.damping)
         self.hessian = H
+        self.diagnostics = {"p": objective.p}
+        if objective.p <= 3000:  # cheap enough: report the spectrum, catch numerically singular H
+            evals = torch.linalg.eigvalsh(H)
+            self.diagnostics.update(min_eigenvalue=evals[0].item(), max_eigenvalue=evals[-1].item())
+            if evals[0] <= 1e-12 * evals[-1].abs():
+                raise NotPositiveDefiniteError(not_pd_message(evals[0].item(), self.damping, "Exact"))
         chol, info = torch.linalg.cholesky_ex(H)
         if info.item() != 0:
             min_eig = torch.linalg.eigvalsh(H)[0].item()
             raise NotPositiveDefiniteError(not_pd_message(min_eig, self.damping, "Exact"))
         self._chol = chol
-        self.diagnostics = {"p": objective.p}
-        if objective.p <= 3000:
-            evals = torch.linalg.eigvalsh(H)
-            self.diagnostics.update(min_eigenvalue=evals[0].item(), max_eigenvalue=evals[-1].item())
         return self
 
     def solve(self, V: torch.Tensor) -> torch.Tensor:
