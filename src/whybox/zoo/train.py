@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+
+import numpy as np
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -103,3 +105,26 @@ def retrain(
     weights = torch.ones(objective.n, dtype=objective.dtype, device=objective.device)
     weights[list(remove)] = 0
     return fit(objective, weights=weights, tol=tol, max_iter=max_iter)
+
+
+def svm_theta(X, y, weight_decay: float, remove: Sequence[int] = (), tol: float = 1e-10) -> torch.Tensor:
+    """Exact linear SVM with the true hinge: argmin (1/n)Σ_{i∉remove} max(0, 1 − tᵢ(w·xᵢ + b)) + (w_d/2)(‖w‖² + b²).
+
+    Solved by liblinear's dual coordinate descent (scikit-learn ``LinearSVC(loss="hinge")``) with
+    C = 1/(n·weight_decay) and the bias as a regularised constant feature, so the result is the
+    same objective whybox uses; n stays the full count when rows are removed. Returns θ = [w, b]
+    in ``nn.Linear(d, 1)`` order.
+    """
+    from sklearn.svm import LinearSVC
+
+    X_np = torch.as_tensor(X).reshape(len(X), -1).cpu().numpy()
+    y_np = torch.as_tensor(y).cpu().numpy()
+    keep = np.setdiff1d(np.arange(len(X_np)), np.asarray(remove, dtype=int))
+    svm = LinearSVC(
+        loss="hinge", dual=True, C=1.0 / (len(X_np) * weight_decay), fit_intercept=True,
+        intercept_scaling=1.0, tol=tol, max_iter=1_000_000,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # liblinear warns about the tiny tolerance
+        svm.fit(X_np[keep], y_np[keep])
+    return torch.tensor(np.concatenate([svm.coef_.ravel(), svm.intercept_]), dtype=torch.float64)

@@ -1,0 +1,40 @@
+"""Small shared helpers: machine/version stamps for benchmark tables, markdown tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any, Sequence
+
+
+def machine_info() -> str:
+    """One line naming the machine and library versions, printed above every benchmark table."""
+    import numpy
+    import scipy
+    import sklearn
+    import torch
+
+    import whybox
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"machine: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
+        f"python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}, "
+        f"scipy {scipy.__version__}, scikit-learn {sklearn.__version__}, whybox {whybox.__version__}"
+    )
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], floatfmt: str = ".4g") -> str:
+    """Render a list of dicts (same keys) as a GitHub markdown table."""
+    if not rows:
+        return "(no rows)"
+    keys = list(rows[0])
+    fmt = lambda v: format(v, floatfmt) if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""Influence against actual leave-one-out retraining (small, fast versions of the benchmark)."""
+
+from __future__ import annotations
+
+import torch
+
+import whybox
+from whybox.evaluation import correlations, loo_ground_truth, perturbation_check, validate
+from whybox.zoo import retrain
+
+
+def test_retrain_reaches_a_minimum_without_the_point(binary_lr):
+    _, obj = binary_lr
+    result = retrain(obj, remove=[5])
+    weights = torch.ones(obj.n, dtype=obj.dtype)
+    weights[5] = 0
+    g = torch.func.grad(lambda th: obj.risk(th, weights))(result.theta)
+    assert g.norm() < 1e-8
+    assert (result.theta - obj.theta).norm() > 0
+
+
+def test_influence_predicts_leave_one_out_on_logistic_regression(binary_lr):
+    d, obj = binary_lr
+    inf = whybox.InfluenceFunction(obj, whybox.Exact()).fit()
+    worst = int(obj.losses(d.X_test, d.y_test).argmax())
+    rows = validate(inf, d.X_test, d.y_test, [worst], top_k=15, random_k=15, progress=False)
+    by = {(r.subset, r.order): r for r in rows}
+    assert by["top", 1].pearson > 0.95
+    assert by["top", 2].pearson > 0.99
+    assert by["top", 2].pearson >= by["top", 1].pearson - 1e-3
+    assert by["random", 2].pearson > 0.95
+
+
+def test_second_order_is_exact_for_squared_error():
+    # ridge regression is quadratic: one Newton step without the point IS the retrained model
+    torch.manual_seed(0)
+    X = torch.randn(40, 3, dtype=torch.float64)
+    y = X @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + 0.1 * torch.randn(40, dtype=torch.float64)
+    model = torch.nn.Linear(3, 1, dtype=torch.float64)
+    obj, _ = whybox.zoo.train(model, "squared_error", X, y[:, None], weight_decay=0.1)
+    inf = whybox.InfluenceFunction(obj).fit()
+    actual = loo_ground_truth(obj, X[:4], y[:4, None], [0, 1, 2], progress=False)
+    torch.testing.assert_close(inf.removal_effect(X[:4], y[:4, None], [0, 1, 2], order=2), actual, rtol=1e-6, atol=1e-10)
+
+
+def test_pert_loss_matches_finite_difference_retraining(binary_lr):
+    d, obj = binary_lr
+    inf = whybox.InfluenceFunction(obj).fit()
+    x, y = d.X_test[:1], d.y_test[:1]
+    i = int(inf.up_loss(x, y)[0].abs().argmax())
+    check = perturbation_check(inf, x, y, i, step=1e-3)
+    assert check["relative_error"] < 0.05, check
+
+
+def test_correlations_are_pearson_and_spearman():
+    r, s = correlations([1, 2, 3, 4], [1, 2, 3, 40])
+    assert 0.7 < r < 0.9 and s == 1.0
