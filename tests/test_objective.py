@@ -48,3 +48,13 @@ def test_mixed_grad_matches_finite_differences(iris_mlp):
         e[0, k] = eps
         fd[k] = ((obj.grads(x + e, y) - obj.grads(x - e, y)) @ s[0])[0] / (2 * eps)
     torch.testing.assert_close(analytic, fd, rtol=1e-5, atol=1e-8)
+
+
+def test_without_gradient_cache_scores_are_streamed_and_identical(binary_lr):
+    d, obj = binary_lr
+    cached = whybox.InfluenceFunction(obj).fit().up_loss(d.X_test[:3], d.y_test[:3])
+    streaming = whybox.Objective(obj.model, "logistic", obj.X, obj.y, weight_decay=0.01, batch_size=50, cache_bytes=0)
+    inf = whybox.InfluenceFunction(streaming).fit()
+    torch.testing.assert_close(inf.up_loss(d.X_test[:3], d.y_test[:3]), cached)
+    torch.testing.assert_close(inf.self_influence([1, 2]), whybox.InfluenceFunction(obj).fit().self_influence([1, 2]))
+    assert streaming._train_grads is None  # nothing of size n·p was kept

@@ -97,13 +97,14 @@ class InfluenceFunction:
         return S, X, y
 
     def _train_grads(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.objective.grads()[rows]
+        return self.objective.train_grads(rows)
 
     # ------------------------------------------------------------------ Koh & Liang quantities
     def up_loss(self, X_test, y_test, train_idx: Index = None) -> torch.Tensor:
         """I_up,loss(z_i, z_test) for every test point and training point, ``[m, k]``. Positive = harmful."""
         S = self.s_test(X_test, y_test)
-        return -S @ self._train_grads(self._rows(train_idx)).T
+        rows = self._rows(train_idx)
+        return torch.cat([-S @ self._train_grads(rows[s]).T for s in self.objective.chunks(len(rows))], dim=1)
 
     def up_params(self, train_idx: Index) -> torch.Tensor:
         """I_up,params(z_i) = −H⁻¹∇L(z_i), ``[k, p]``; removing z_i moves θ by ≈ −(1/n)·this."""

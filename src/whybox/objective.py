@@ -76,6 +76,7 @@ class Objective:
         params: names (or name prefixes, e.g. ``"fc."``) of the parameters to explain; the rest are
             frozen. Default: all parameters with ``requires_grad``.
         batch_size: examples per chunk for every pass over data (bounds memory).
+        cache_bytes: keep all training gradients in memory when they fit in this many bytes.
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class Objective:
         weight_decay: float = 0.0,
         params: Union[None, str, Sequence[str]] = None,
         batch_size: int = 512,
+        cache_bytes: int = 512 * 2**20,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -100,6 +102,7 @@ class Objective:
         self.loss_fn, self.loss_name = _losses.resolve(loss)
         self.weight_decay = float(weight_decay)
         self.batch_size = int(batch_size)
+        self.cache_bytes = int(cache_bytes)
         self._check_mode(model)
         self._split_params(model, _name_list(params))
         self.X, self.y = self.check_data(X, y, "training")
@@ -279,13 +282,20 @@ class Objective:
             yield s, per_example(self.theta, X[s], y[s]).detach()
 
     def grads(self, X=None, y=None) -> torch.Tensor:
-        """Per-example gradients of the plain loss, ``[N, p]`` (training data by default; cached)."""
-        if X is None and self._train_grads is not None:
-            return self._train_grads
-        G = torch.cat([g for _, g in self.iter_grads(X, y)])
+        """Per-example gradients of the plain loss, ``[N, p]`` (training data by default)."""
         if X is None:
-            self._train_grads = G
-        return G
+            return self.train_grads(slice(None))
+        return torch.cat([g for _, g in self.iter_grads(X, y)])
+
+    def train_grads(self, rows) -> torch.Tensor:
+        """Gradients of the selected training rows, ``[k, p]``. All n are cached when they fit in
+        ``cache_bytes`` (default 512 MiB); otherwise only the asked rows are computed, so callers
+        that stream over row chunks use bounded memory however large n is."""
+        if self._train_grads is None and self.n * self.p * self.theta.element_size() <= self.cache_bytes:
+            self._train_grads = torch.cat([g for _, g in self.iter_grads(self.X, self.y)])
+        if self._train_grads is not None:
+            return self._train_grads[rows]
+        return torch.cat([g for _, g in self.iter_grads(self.X[rows], self.y[rows])])
 
     def risk_grad(self, theta: Optional[torch.Tensor] = None) -> torch.Tensor:
         """∇R(θ): zero at a converged θ̂."""
