@@ -1,0 +1,132 @@
+"""Chunked, resumable influence scores in a zarr store, computed by Dask tasks.
+
+The [m, n] matrix of I_up,loss is cut into (test chunk × train chunk) blocks. s_test is solved
+once per test chunk and broadcast; each block is one task that computes the training gradients of
+its rows and writes its zarr chunk, then marks it done. A run that is stopped (Ctrl-C, a crash, a
+lost worker) keeps every finished block; running the same call again computes only the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional, Union
+
+import dask
+import numpy as np
+import torch
+import zarr
+from tqdm.auto import tqdm
+
+from whybox.influence import InfluenceFunction
+from whybox.objective import Objective
+
+SIGN = "up_loss = I_up,loss(z_i, z_test_j); positive = harmful (up-weighting z_i raises the test loss)"
+
+
+def _fingerprint(influence: InfluenceFunction, X: torch.Tensor, y: torch.Tensor) -> str:
+    """Identifies the problem, so a store is never resumed with other data, model or solver."""
+    obj = influence.objective
+    h = hashlib.sha256()
+    for t in (obj.theta, obj.X, obj.y, X, y):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(repr(influence.curvature).encode())
+    h.update(f"{obj.weight_decay}|{obj.loss_name}".encode())
+    return h.hexdigest()[:16]
+
+
+def score_to_store(
+    influence: InfluenceFunction,
+    X_test,
+    y_test,
+    path: Union[str, Path],
+    test_chunk: int = 64,
+    train_chunk: int = 4096,
+    scheduler: Optional[str] = None,
+    progress: bool = True,
+) -> zarr.Array:
+    """Compute ``up_loss`` for every (test, train) pair into a zarr store at ``path``; resume if present.
+
+    Args:
+        influence: a fitted ``InfluenceFunction``.
+        path: a directory (``.zarr``); holds arrays ``up_loss`` [m, n] and ``done`` [test chunks, train chunks].
+        test_chunk, train_chunk: block sizes (memory per task ≈ train_chunk·p + test_chunk·p floats).
+        scheduler: ``None``/``"synchronous"`` (in this process), ``"processes"`` (a local process
+            pool), ``"distributed"`` (an in-process ``dask.distributed`` LocalCluster), or a
+            scheduler address ``"tcp://host:8786"`` to join an existing cluster. Threads are
+            refused: ``functional_call`` swaps a module's parameters, which is not thread-safe.
+        progress: show a progress bar over blocks.
+
+    Returns the zarr array (open it later with ``zarr.open(path)["up_loss"]``).
+    """
+    if scheduler == "threads":
+        raise ValueError(
+            "scheduler='threads' is not supported: the model's parameters are swapped during "
+            "functional calls, which is not thread-safe; use 'processes' or 'distributed'"
+        )
+    if test_chunk < 1 or train_chunk < 1:
+        raise ValueError("test_chunk and train_chunk must be >= 1")
+    obj = influence.objective
+    X, y = obj.check_data(X_test, y_test, "test")
+    m, n = len(X), obj.n
+    key = _fingerprint(influence, X, y)
+    root = zarr.open_group(str(path), mode="a")
+    if "up_loss" in root:
+        if root.attrs.get("fingerprint") != key:
+            raise ValueError(
+                f"{path} holds scores of a different problem (data, model or solver changed); "
+                "choose a new path or delete it to start over"
+            )
+        scores, done = root["up_loss"], root["done"]
+    else:
+        scores = root.create_array("up_loss", shape=(m, n), chunks=(test_chunk, train_chunk), dtype="f8", fill_value=np.nan)
+        done = root.create_array("done", shape=(-(-m // test_chunk), -(-n // train_chunk)), dtype=bool, fill_value=False)
+        root.attrs.update(fingerprint=key, sign=SIGN, solver=repr(influence.curvature),
+                          weight_decay=obj.weight_decay, loss=obj.loss_name, n=n, p=obj.p, m=m)
+    tc, rc = scores.chunks
+    todo = ~done[:]
+    bar = tqdm(total=int(todo.sum()), desc="influence blocks", disable=not progress, unit="block")
+    client = _client(scheduler)
+    try:
+        for i in np.nonzero(todo.any(axis=1))[0]:
+            rows = slice(i * tc, min((i + 1) * tc, m))
+            S = influence.s_test(X[rows], y[rows])
+            S_task = client.scatter(S, broadcast=True) if client is not None else dask.delayed(S)
+            obj_task = client.scatter(obj, broadcast=True) if client is not None else dask.delayed(obj)
+            cols = [j for j in np.nonzero(todo[i])[0]]
+            tasks = [dask.delayed(_grads_block)(obj_task, S_task, j * rc, min((j + 1) * rc, n)) for j in cols]
+            for j, block in zip(cols, _compute(tasks, client, scheduler)):
+                scores[rows, j * rc : min((j + 1) * rc, n)] = block  # write, then mark: never a done flag without data
+                done[i, j] = True
+                bar.update()
+    finally:
+        bar.close()
+        if client is not None and scheduler == "distributed":
+            client.close()
+    return scores
+
+
+def _grads_block(objective: Objective, S: torch.Tensor, start: int, stop: int) -> np.ndarray:
+    """One task: −s_test·∇L(z_i) for training rows [start, stop)."""
+    return -(S @ objective.train_grads(slice(start, stop)).T).cpu().numpy()
+
+
+def _client(scheduler: Optional[str]):
+    if scheduler in (None, "synchronous", "processes"):
+        return None
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler == "distributed":
+        return Client(LocalCluster(processes=False, threads_per_worker=1, n_workers=1, dashboard_address=None))
+    if isinstance(scheduler, str) and "://" in scheduler:
+        return Client(scheduler)
+    raise ValueError(
+        f"unknown scheduler {scheduler!r}; use None, 'synchronous', 'processes', 'distributed' or a "
+        "scheduler address like 'tcp://host:8786'"
+    )
+
+
+def _compute(tasks, client, scheduler):
+    if client is not None:
+        return client.compute(tasks, sync=True)
+    return dask.compute(*tasks, scheduler=scheduler or "synchronous")
