@@ -55,3 +55,24 @@ def test_pert_loss_matches_finite_difference_retraining(binary_lr):
 def test_correlations_are_pearson_and_spearman():
     r, s = correlations([1, 2, 3, 4], [1, 2, 3, 40])
     assert 0.7 < r < 0.9 and s == 1.0
+
+
+def test_group_removal_matches_retraining_without_the_group(binary_lr):
+    d, obj = binary_lr
+    inf = whybox.InfluenceFunction(obj).fit()
+    worst = int(obj.losses(d.X_test, d.y_test).argmax())
+    x, y = d.X_test[worst : worst + 1], d.y_test[worst : worst + 1]
+    top = torch.argsort(inf.up_loss(x, y)[0].abs(), descending=True)
+    groups = [top[:5].tolist(), top[5:15].tolist(), [3, 77, 150]]
+    actual = torch.stack([
+        obj.losses(x, y, theta=retrain(obj, remove=g).theta) - obj.losses(x, y) for g in groups
+    ], dim=1)
+    first = inf.group_removal_effect(x, y, groups, order=1)
+    second = inf.group_removal_effect(x, y, groups, order=2)
+    torch.testing.assert_close(first[:, 0], inf.removal_effect(x, y, groups[0]).sum(1))
+    err1, err2 = (first - actual).abs(), (second - actual).abs()
+    assert (err2 <= err1 + 1e-9).all(), (actual, first, second)
+    assert err2.sum() < 0.5 * err1.sum(), (actual, first, second)
+    assert (torch.sign(second) == torch.sign(actual)).all()
+    # singleton groups are the per-point second-order effect
+    torch.testing.assert_close(inf.group_removal_effect(x, y, [[4], [9]], order=2), inf.removal_effect(x, y, [4, 9], order=2))

@@ -27,12 +27,6 @@ from whybox.objective import Objective
 Index = Union[Sequence[int], torch.Tensor, slice, None]
 
 
-def _solve_each(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """A[i]⁻¹B[i] for each i. (Batched ``linalg.solve`` fails in some MKL builds once
-    ``torch.set_num_threads`` has been called, so solve one system at a time.)"""
-    return torch.stack([torch.linalg.solve(a, b) for a, b in zip(A, B)])
-
-
 class InfluenceFunction:
     """Influence of training points on test predictions: ``InfluenceFunction(objective, solver).fit()``.
 
@@ -163,10 +157,31 @@ class InfluenceFunction:
             return -self.up_loss(X_test, y_test, train_idx) / self.n
         if order != 2:
             raise ValueError(f"order must be 1 or 2, got {order}")
-        S, X, y = self._test(X_test, y_test)  # validates the test data
         rows = self._rows(train_idx)
+        return self._second_order(X_test, y_test, [rows[i : i + 1] for i in range(len(rows))])
+
+    def group_removal_effect(self, X_test, y_test, groups: Sequence[Index], order: int = 1) -> torch.Tensor:
+        """Change of each test loss if a whole group U of training points were removed, ``[m, len(groups)]``.
+
+        * ``order=1``: the sum of the members' first-order effects (Koh et al. 2019).
+        * ``order=2``: one Newton step without the whole group, H − (1/n)Σ_{i∈U}∇²L(z_i), test
+          loss evaluated exactly; it captures the interactions between members that the sum
+          misses (in the spirit of Basu et al. 2020's second-order group influence).
+        Positive = the test loss rises without the group.
+        """
+        rows = [self._rows(g) for g in groups]
+        if order == 1:
+            per_point = self.removal_effect(X_test, y_test, torch.cat(rows), order=1)
+            return torch.stack([part.sum(1) for part in per_point.split([len(r) for r in rows], dim=1)], dim=1)
+        if order != 2:
+            raise ValueError(f"order must be 1 or 2, got {order}")
+        return self._second_order(X_test, y_test, rows)
+
+    def _second_order(self, X_test, y_test, groups: list[torch.Tensor]) -> torch.Tensor:
+        _, X, y = self._test(X_test, y_test)  # validates the test data
         obj = self.objective
-        steps = torch.cat([self._newton_steps(rows[s]) for s in obj.chunks(len(rows))])
+        chunk = max(1, obj.batch_size // 8)
+        steps = torch.cat([self._newton_steps(groups[i : i + chunk]) for i in range(0, len(groups), chunk)])
         base = obj.losses(X, y)
         moved = vmap(lambda th: obj._batch_losses(th, X, y))(obj.theta + steps)
         return (moved - base).T.detach()
@@ -182,24 +197,31 @@ class InfluenceFunction:
         return -self.self_influence()
 
     # ------------------------------------------------------------------ second order internals
-    def _newton_steps(self, rows: torch.Tensor) -> torch.Tensor:
-        """Δθ_i = (H − ∇²L(z_i)/n)⁻¹ ∇L(z_i)/n for each row, ``[k, p]``."""
+    def _newton_steps(self, groups: list[torch.Tensor]) -> torch.Tensor:
+        """Δθ_U = (H − Σ_{i∈U}∇²L(z_i)/n)⁻¹ Σ_{i∈U}∇L(z_i)/n for each group U of rows, ``[len(groups), p]``."""
         obj, n = self.objective, self.n
-        G = self._train_grads(rows) / n
-        if self._is_linear_in_params():
-            U = self._hessian_factors(rows) / n**0.5  # [k, p, C], ∇²L_i = U Uᵀ·n
-            k, p, C = U.shape
-            HiU = self._solve(U.transpose(1, 2).reshape(k * C, p)).reshape(k, C, p)
+        G = torch.stack([self._train_grads(g).sum(0) for g in groups]) / n
+        if self._is_linear_in_params():  # Woodbury: ∇²L_i = U_i U_iᵀ has rank ≤ C
+            rows = torch.cat(groups)
+            U = self._hessian_factors(rows) / n**0.5  # [K, p, C]
+            K, p, C = U.shape
+            HiU = self._solve(U.transpose(1, 2).reshape(K * C, p)).reshape(K, C, p)
             HiG = self._solve(G)
-            small = torch.eye(C, dtype=U.dtype, device=U.device) - HiU @ U  # I − UᵀH⁻¹U, [k, C, C]
-            coef = _solve_each(small, HiU @ G[:, :, None])  # (I − UᵀH⁻¹U)⁻¹UᵀH⁻¹g
-            return HiG + (HiU.transpose(1, 2) @ coef).squeeze(-1)
+            steps, start = [], 0
+            for g, hig, gvec in zip(groups, HiG, G):
+                Ug = U[start : start + len(g)].transpose(0, 1).reshape(p, -1)  # [p, |U|·C]
+                HiUg = HiU[start : start + len(g)].reshape(-1, p)  # (H⁻¹U)ᵀ, [|U|·C, p]
+                start += len(g)
+                small = torch.eye(Ug.shape[1], dtype=U.dtype, device=U.device) - HiUg @ Ug  # I − UᵀH⁻¹U
+                steps.append(hig + HiUg.T @ torch.linalg.solve(small, HiUg @ gvec))
+            return torch.stack(steps)
         H = getattr(self.curvature, "hessian", None)
         if H is None:
             H = obj.hessian()
             H.diagonal().add_(self.curvature.damping)
-        H_minus = H[None] - obj.example_hessians(rows.tolist()) / n
-        return _solve_each(H_minus, G[:, :, None]).squeeze(-1)
+        return torch.stack([
+            torch.linalg.solve(H - obj.example_hessians(g.tolist()).sum(0) / n, gvec) for g, gvec in zip(groups, G)
+        ])
 
     def _is_linear_in_params(self) -> bool:
         """Whether the model output is linear in θ (its Jacobian does not change with θ)."""
