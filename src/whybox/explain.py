@@ -311,3 +311,70 @@ def print_explanation(result: Explanation) -> None:
         console.print(table)
     console.print(f"settings: {result.settings}")
     console.print(f"solver diagnostics: {result.diagnostics}")
+
+
+SIGN_CONVENTION = (
+    "removal_effect = predicted change of the test loss if the training point were removed and the model "
+    "retrained (first order, -up_loss/n), in loss units; > 0 = the point helped, < 0 = it hurt. "
+    "up_loss = I_up,loss = d(test loss)/d(weight of the training point); > 0 = harmful."
+)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, float) and v != v:
+        return None  # NaN is not JSON
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def explanation_dict(result: Explanation) -> dict[str, Any]:
+    """An explanation as plain JSON-ready data, with its sign convention."""
+    from dataclasses import asdict
+
+    d = _plain(asdict(result))
+    d["sign_convention"] = SIGN_CONVENTION
+    return d
+
+
+def write_outputs(folder, explanations: Sequence[Explanation], study: "Study", report=None):
+    """Write ``explanations.json``, ``influence.csv`` (one row per listed training point) and
+    ``self_influence.csv`` (every training point, highest score first) into ``folder``."""
+    import csv
+    import json
+    from pathlib import Path
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {
+        "sign_convention": SIGN_CONVENTION,
+        "settings": _plain(study.settings | (explanations[0].settings if explanations else {})),
+        "diagnostics": _plain(dict(study.influence.curvature.diagnostics)),
+        "test_points": [explanation_dict(e) for e in explanations],
+    }
+    if report is not None and report.validation is not None:
+        v = report.validation
+        doc["validation"] = _plain({k: v[k] for k in ("test_index", "k", "pearson", "spearman", "rows")})
+    (out / "explanations.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    with open(out / "influence.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["test_index", "test_label", "test_prediction", "kind", "rank", "train_index",
+                    "removal_effect", "up_loss", "train_label", "train_prediction"])
+        for e in explanations:
+            for kind, rows in (("helpful", e.helpful), ("harmful", e.harmful)):
+                for rank, r in enumerate(rows, 1):
+                    w.writerow([e.test_index, e.label, e.prediction, kind, rank, r.index,
+                                f"{r.removal_effect:.10g}", f"{r.up_loss:.10g}", r.label, r.prediction])
+    ranking = self_influence_ranking(study.influence, study.objective.n)
+    with open(out / "self_influence.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["rank", "train_index", "self_influence_score", "train_loss", "label", "prediction"])
+        for rank, s in enumerate(ranking, 1):
+            w.writerow([rank, s.index, f"{s.score:.10g}", f"{s.train_loss:.10g}", s.label, s.prediction])
+    return out

@@ -357,3 +357,167 @@ def build_from_code(code: PathLike, name: Optional[str] = None) -> nn.Module:
         raise ValueError(f"{name}() in {c.name} returned {type(model).__name__}, not a torch.nn.Module")
     sys.modules.pop(spec.name, None)
     return model
+
+
+# ---------------------------------------------------------------------------------------- studies
+def infer_loss(y: np.ndarray, n_outputs: int) -> str:
+    """The loss that fits the labels and the model's output size (one line of reasoning, no guessing)."""
+    y = np.asarray(y)
+    if y.dtype.kind == "f":
+        return "squared_error"
+    if n_outputs == 1:
+        return "logistic"
+    return "cross_entropy"
+
+
+def load_study(
+    train: PathLike,
+    test: Optional[PathLike] = None,
+    model: Optional[PathLike] = None,
+    model_code: Optional[PathLike] = None,
+    model_name: Optional[str] = None,
+    sklearn: Optional[str] = None,
+    C: float = 1.0,
+    loss: Optional[str] = None,
+    weight_decay: Optional[float] = None,
+    solver: str = "exact",
+    damping: float = 0.0,
+    label_column: str = "label",
+    test_fraction: float = 0.2,
+    standardize: bool = False,
+    device: str = "cpu",
+    float64: bool = True,
+    params: Optional[list[str]] = None,
+    seed: int = 0,
+    progress: bool = False,
+):
+    """The user's data and model as a ``whybox.explain.Study`` (influence solver fitted).
+
+    Either ``model`` (TorchScript, or a state dict with ``model_code``) — a model already trained
+    on exactly the ``train`` rows — or ``sklearn`` in {logistic, svm, ridge}: whybox fits that
+    scikit-learn model itself with inverse regularisation ``C`` and explains it through the adapter.
+    """
+    from whybox import adapters
+    from whybox.explain import Study, make_solver
+    from whybox.influence import InfluenceFunction
+    from whybox.objective import Objective
+
+    if (model is None) == (sklearn is None):
+        raise ValueError("give exactly one model: --model FILE (TorchScript, or a state dict with --model-code) or --sklearn logistic|svm|ridge")
+    if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
+        raise ValueError(f"device {device!r} is not available here; use --device cpu")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test fraction must be in (0, 1), got {test_fraction}")
+    parts = load_data(train, label_column)
+    tr = parts["train"]
+    if test is not None:
+        te = load_data(test, label_column)["train"]
+        if te.X.shape[1:] != tr.X.shape[1:]:
+            raise ValueError(f"test rows have shape {te.X.shape[1:]} but training rows {tr.X.shape[1:]}; they must match")
+        if tr.feature_names and te.feature_names and tr.X.ndim == 2 and tr.feature_names != te.feature_names:
+            raise ValueError("the test file's columns differ from the training file's (same names in the same order needed)")
+    elif "test" in parts:
+        te = parts["test"]
+    elif sklearn is not None:
+        tr, te = _split(tr, test_fraction, seed)
+    else:
+        raise ValueError("a trained model needs its test data: pass --test FILE (or X_test/y_test in the .npz); "
+                         "whybox cannot split data the model was trained on")
+    dtype = torch.float64 if float64 else torch.float32
+    Xtr, Xte = tr.X, te.X
+    mean = std = None
+    if standardize:
+        mean, std = Xtr.mean(0), Xtr.std(0)
+        std = np.where(std == 0, 1.0, std)
+        Xtr, Xte = (Xtr - mean) / std, (Xte - mean) / std
+    settings: dict = {"train": str(train), "test": str(test) if test is not None else "(split)" if "test" not in parts else "(npz)",
+                      "standardize": standardize, "seed": seed}
+    class_names: Optional[list[str]] = None
+    if sklearn is not None:
+        if weight_decay is not None:
+            raise ValueError("with --sklearn the weight decay is set by C (weight_decay = 1/(C·n)); drop --weight-decay")
+        Xtr2, Xte2 = Xtr.reshape(len(Xtr), -1), Xte.reshape(len(Xte), -1)
+        if sklearn != "ridge":
+            (ytr, yte), class_names = encode_labels(tr.y, te.y)
+            if len(np.unique(ytr)) < 2:
+                raise ValueError("the training labels hold a single class; a classifier needs at least two")
+        else:
+            if tr.y.dtype.kind not in "biuf" or te.y.dtype.kind not in "biuf":
+                raise ValueError("ridge regression needs numeric labels")
+            ytr, yte = tr.y.astype(float), te.y.astype(float)
+        try:
+            est = adapters.fit_sklearn(sklearn, Xtr2, ytr, C=C, seed=seed)
+        except ValueError as err:
+            raise ValueError(f"scikit-learn could not fit the model: {one_line(err)}") from None
+        obj, adapted = adapters.from_sklearn(est, Xtr2, ytr, dtype=dtype)
+        y_test = adapted.encode(yte)
+        if adapted.classes is not None:
+            class_names = [class_names[int(c)] for c in adapted.classes] if class_names else None
+        X_test = torch.tensor(Xte2, dtype=dtype)
+        settings.update(model=f"scikit-learn {type(est).__name__}(C={C:g})", C=C)
+        if adapted.note:
+            settings["note"] = adapted.note
+    else:
+        net = load_model(model, model_code, model_name).to(dtype)
+        y_raw = tr.y
+        with torch.no_grad():
+            try:
+                probe = net(torch.tensor(Xtr[:2], dtype=dtype))
+            except Exception as err:  # noqa: BLE001 - the user's forward may fail in any way
+                raise ValueError(f"the model failed on training rows of shape {Xtr.shape[1:]} ({one_line(err)})") from None
+        if not torch.is_tensor(probe):
+            raise ValueError(f"the model returned {type(probe).__name__}, not a tensor")
+        n_out = int(probe[0].numel()) if probe.ndim > 0 and len(probe) else 1
+        loss = loss or infer_loss(y_raw, n_out)
+        if loss == "squared_error":
+            if tr.y.dtype.kind not in "biuf" or te.y.dtype.kind not in "biuf":
+                raise ValueError("squared_error needs numeric labels")
+            ytr, yte = tr.y.astype(float), te.y.astype(float)
+            y_train, y_test = torch.tensor(ytr, dtype=dtype), torch.tensor(yte, dtype=dtype)
+        else:
+            (ytr, yte), class_names = encode_labels(tr.y, te.y)
+            y_train, y_test = torch.tensor(ytr), torch.tensor(yte)
+        if weight_decay is None:
+            weight_decay = 0.0
+        obj = Objective(net, loss, torch.tensor(Xtr, dtype=dtype), y_train, weight_decay=weight_decay, params=params)
+        X_test = torch.tensor(Xte, dtype=dtype)
+        settings.update(model=str(model), model_code=str(model_code) if model_code else None)
+        grad_norm = float(obj.risk_grad().norm())
+        settings["train_grad_norm"] = grad_norm
+    if device != "cpu":
+        obj = _to_device(obj, device)
+        X_test, y_test = X_test.to(device), y_test.to(device)
+    X_test, y_test = obj.check_data(X_test, y_test, "test")
+    influence = InfluenceFunction(obj, make_solver(solver, damping)).fit()
+    return Study(
+        influence, X_test, y_test, name=Path(str(train)).stem, image_shape=tr.image_shape,
+        feature_names=tr.feature_names, class_names=class_names,
+        show_train=tr.X, show_test=te.X, settings=settings,
+    )
+
+
+def _to_device(obj, device: str):
+    from whybox.objective import Objective
+
+    obj.model.to(device)
+    return Objective(obj.model, obj.loss_fn, obj.X.to(device), obj.y.to(device), weight_decay=obj.weight_decay,
+                     params=obj.param_names)
+
+
+def _split(data: Data, fraction: float, seed: int) -> tuple[Data, Data]:
+    from sklearn.model_selection import train_test_split
+
+    n = len(data)
+    n_test = max(1, int(round(fraction * n)))
+    if n - n_test < 2:
+        raise ValueError(f"{n} rows are too few to split off a test set; pass --test FILE")
+    idx = np.arange(n)
+    try:
+        tr, te = train_test_split(idx, test_size=n_test, random_state=seed, stratify=data.y if data.y.dtype.kind != "f" else None)
+    except ValueError:
+        tr, te = train_test_split(idx, test_size=n_test, random_state=seed)
+
+    def take(rows):
+        return Data(data.X[rows], data.y[rows], data.feature_names, data.image_shape, data.source)
+
+    return take(np.sort(tr)), take(np.sort(te))
