@@ -28,7 +28,7 @@ out.mkdir(parents=True, exist_ok=True)
 )
 d = zoo.load("iris")
 net = io.build_from_code(out / "net.py")
-zoo.train(net, "cross_entropy", d.X_train, d.y_train, weight_decay=0.01, tol=1e-8)
+zoo.train(net, "cross_entropy", d.X_train, d.y_train, weight_decay=0.01, tol=1e-7)
 torch.save(net.state_dict(), out / "net.pt")
 np.savez(out / "data.npz", X=d.X_train.numpy(), y=d.y_train.numpy(), X_test=d.X_test.numpy(), y_test=d.y_test.numpy())
 
