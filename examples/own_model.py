@@ -23,18 +23,18 @@ out.mkdir(parents=True, exist_ok=True)
 # 1. somebody trains a small network and saves weights + code + data
 (out / "net.py").write_text(
     "import torch\nfrom torch import nn\n\n"
-    "def build_model():\n"
-    "    return nn.Sequential(nn.Linear(4, 6, dtype=torch.float64), nn.Tanh(), nn.Linear(6, 3, dtype=torch.float64))\n"
+    "def build_model():  # any nn.Module works; a network needs --damping if its Hessian is not PD\n"
+    "    return nn.Sequential(nn.Linear(4, 3, dtype=torch.float64))\n"
 )
 d = zoo.load("iris")
 net = io.build_from_code(out / "net.py")
-zoo.train(net, "cross_entropy", d.X_train, d.y_train, weight_decay=0.01, tol=1e-7)
+zoo.train(net, "cross_entropy", d.X_train, d.y_train, weight_decay=0.01, tol=1e-9)
 torch.save(net.state_dict(), out / "net.pt")
 np.savez(out / "data.npz", X=d.X_train.numpy(), y=d.y_train.numpy(), X_test=d.X_test.numpy(), y_test=d.y_test.numpy())
 
 # 2. whybox loads them (what `whybox explain --train ... --model ... --model-code ...` does)
 study = io.load_study(out / "data.npz", model=out / "net.pt", model_code=out / "net.py",
-                      weight_decay=0.01, solver="cg", damping=0.0)
+                      weight_decay=0.01, solver="exact", damping=0.0)
 print(f"loss {study.objective.loss_name}, ‖∇R‖ at the checkpoint = {study.settings['train_grad_norm']:.1e}")
 ex = study.explain(study.default_test_indices(1), top_k=3)[0]
 print(f"test point {ex.test_index}: label {ex.label}, predicted {ex.prediction}")
