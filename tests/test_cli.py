@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 
 import numpy as np
@@ -177,3 +178,33 @@ def test_fuzz_malformed_npz_never_crashes(kind, data, n, m, d, dtype, keys, tmp_
         arrays = dict(zip(keys, [X, y, X]))
         np.savez(p, **arrays)
     _check_no_crash(p, capsys)
+
+
+def test_image_folder_and_regression(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, level in (("dark", 40), ("light", 200)):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(np.clip(rng.normal(level, 30, (5, 5)), 0, 255).astype(np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    code, out, err = run(["explain", "--train", tmp_path / "imgs", "--sklearn", "logistic", "--test-fraction", "0.25",
+                          "--report", tmp_path / "img.html", "--n-test", "2", "--top-k", "2", "--json", "-q"], capsys)
+    assert code == 0, err
+    html = (tmp_path / "img.html").read_text()
+    assert html.count("<img") >= 2 * (2 + 4) and "light" in html  # images drawn, class names shown
+    # regression: float labels, ridge, predictions are numbers
+    X = rng.normal(size=(30, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=30)
+    with open(tmp_path / "reg.csv", "w") as fh:
+        fh.write("a,b,c,label\n" + "\n".join(",".join(f"{v:.4f}" for v in [*r, t]) for r, t in zip(X, y)) + "\n")
+    code, out, err = run(["explain", "--train", tmp_path / "reg.csv", "--sklearn", "ridge", "--C", "10", "--json", "-q",
+                          "--report", tmp_path / "reg.html"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["settings"]["loss"] == "squared_error" and isinstance(doc["prediction"], float)
+    assert doc["confidence"] is None  # no confidence for a regression
+    reg_html = (tmp_path / "reg.html").read_text()
+    assert "WRONG" not in reg_html
+    assert "✗" not in reg_html and "✓" not in reg_html
+    assert re.search(r'class="status right">error [-+]', reg_html)

@@ -42,7 +42,7 @@ class TrainView:
     score: float
     label: str
     prediction: str
-    correct: bool
+    correct: Optional[bool]  # None for regression
     up_loss: Optional[float] = None
     train_loss: Optional[float] = None
     image: Optional[str] = None  # data: URI
@@ -57,12 +57,13 @@ class TestView:
     label: str
     prediction: str
     confidence: float
-    correct: bool
+    correct: Optional[bool]  # None for regression
     helpful: list[TrainView]
     harmful: list[TrainView]
     image: Optional[str] = None
     features: list[tuple[str, str, str]] = field(default_factory=list)  # (name, value, contribution)
     figure: Optional[str] = None
+    status: str = ""
 
 
 @dataclass
@@ -169,6 +170,10 @@ def build_report(
     steps.update()
     r = _Renderer(study)
     loss_name = obj.loss_name
+    regression = loss_name == "squared_error"
+
+    def right(label, prediction) -> Optional[bool]:
+        return None if regression else label == prediction
     effects = (-study.influence.up_loss(study.X_test[idx], study.y_test[idx]) / obj.n).detach().cpu().numpy()
     contrib = None if r.images else r.contributions(idx)
     tests = []
@@ -181,23 +186,25 @@ def build_report(
 
         def view(rk) -> TrainView:
             return TrainView(
-                rk.index, rk.removal_effect, r.label(rk.label), r.label(rk.prediction), rk.label == rk.prediction,
+                rk.index, rk.removal_effect, r.label(rk.label), r.label(rk.prediction), right(rk.label, rk.prediction),
                 up_loss=rk.up_loss, image=r.image(r.train_show[rk.index]),
                 features=[(r.names[f], r.value(r.train_show, rk.index, f)) for f in top_feats],
             )
 
+        ok = right(ex.label, ex.prediction)
+        status = f"error {ex.prediction - ex.label:+.4g}" if ok is None else ("correct" if ok else "WRONG")
         tests.append(TestView(
-            ex.test_index, r.label(ex.label), r.label(ex.prediction), ex.confidence, ex.label == ex.prediction,
+            ex.test_index, r.label(ex.label), r.label(ex.prediction), ex.confidence, ok,
             [view(h) for h in ex.helpful], [view(h) for h in ex.harmful],
             image=r.image(r.test_show[ex.test_index]), features=feats,
-            figure=figures.score_distribution(effects[j], top_k, loss_name),
+            figure=figures.score_distribution(effects[j], top_k, loss_name), status=status,
         ))
     steps.update()
     selfs = []
     self_fig = None
     if self_k > 0:
         ranked = self_influence_ranking(study.influence, self_k)
-        selfs = [TrainView(s.index, s.score, r.label(s.label), r.label(s.prediction), s.label == s.prediction,
+        selfs = [TrainView(s.index, s.score, r.label(s.label), r.label(s.prediction), right(s.label, s.prediction),
                            train_loss=s.train_loss, image=r.image(r.train_show[s.index]),
                            features=[] if r.images else _top_row_features(r, s.index))
                  for s in ranked]
