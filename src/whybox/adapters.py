@@ -1,0 +1,222 @@
+r"""scikit-learn linear models as whybox objectives, so sklearn users get influence without PyTorch.
+
+``from_sklearn(estimator, X, y)`` builds the equivalent ``nn.Module``, per-example loss and weight
+decay, and returns an ``Objective`` at the estimator's fitted parameters.
+
+scikit-learn minimises  C·Σᵢ L(zᵢ, θ) + ½‖w‖²;  whybox minimises  R(θ) = (1/n)Σᵢ L(zᵢ, θ) + (w_d/2)‖θ‖².
+Dividing the first by C·n gives the second with **weight_decay = 1/(C·n)** (Ridge: α‖w‖² + Σ r² ⇔
+weight_decay = α/n with L = ½r²). Same minimiser, so influence computed by whybox is the influence
+for the sklearn model.
+
+The intercept: ``LogisticRegression`` (lbfgs, newton-cg, sag, saga, newton-cholesky) and ``Ridge``
+do **not** penalise it, whybox's single weight decay would. The adapter therefore keeps the
+intercept fixed at its fitted value (it is a buffer, not a parameter): influence is over the
+coefficients with the intercept held — exact stationarity still holds (∇R = 0 over the
+coefficients). ``LinearSVC`` and ``solver="liblinear"`` penalise the intercept as one more
+coefficient on a constant feature ``intercept_scaling``; there it is a parameter like the others.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from whybox.losses import LossFn, SmoothHinge
+from whybox.objective import Objective
+
+
+class LinearScore(nn.Module):
+    """x ↦ x·Wᵀ + scaling·b, the decision function of a scikit-learn linear model.
+
+    ``penalize_intercept=False`` stores b as a buffer (not explained, not regularised).
+    """
+
+    def __init__(
+        self,
+        coef: np.ndarray,
+        intercept: np.ndarray,
+        intercept_scaling: float = 1.0,
+        penalize_intercept: bool = False,
+        squeeze: bool = False,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        super().__init__()
+        coef = np.atleast_2d(np.asarray(coef, dtype=float))
+        intercept = np.broadcast_to(np.asarray(intercept, dtype=float), (coef.shape[0],)).copy()
+        self.weight = nn.Parameter(torch.tensor(coef, dtype=dtype))
+        self.scaling = float(intercept_scaling)
+        b = torch.tensor(intercept / self.scaling, dtype=dtype)
+        if penalize_intercept:
+            self.bias = nn.Parameter(b)
+        else:
+            self.register_buffer("bias", b)
+        self.squeeze = squeeze
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.reshape(len(x), -1) @ self.weight.T + self.scaling * self.bias
+        return out.reshape(len(x)) if self.squeeze else out
+
+
+def squared_hinge(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """LinearSVC's default loss max(0, 1 − t·s)² for one score; labels 0/1 or ±1."""
+    s = output.reshape(())
+    t = target.to(s.dtype).reshape(())
+    t = torch.where(t == 0, -torch.ones_like(t), t)
+    return torch.clamp(1 - t * s, min=0) ** 2
+
+
+@dataclass(frozen=True)
+class OneVsRest:
+    """Σ_k loss(s_k, ±1) over classes: scikit-learn's one-vs-rest multiclass LinearSVC.
+
+    ``base`` is a binary per-score loss (``squared_hinge`` or ``SmoothHinge(t)``); ``target`` is the
+    class index.
+    """
+
+    base: Any
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        k = torch.arange(output.shape[-1], device=output.device)
+        signs = torch.where(k == target.long().reshape(()), 1.0, -1.0).to(output.dtype)
+        return torch.stack([self.base(output[j], signs[j]) for j in range(output.shape[-1])]).sum()
+
+
+@dataclass
+class SklearnModel:
+    """What the adapter built for one estimator."""
+
+    module: nn.Module
+    loss: Union[str, LossFn]
+    weight_decay: float
+    classes: Optional[np.ndarray]  # sklearn's ``classes_`` (None for regression)
+    note: str = ""
+
+    def encode(self, y) -> torch.Tensor:
+        """Labels as whybox targets: class indices (0..K-1) for classifiers, floats for Ridge."""
+        y = np.asarray(y)
+        if self.classes is None:
+            return torch.tensor(y, dtype=torch.float64)
+        idx = np.searchsorted(self.classes, y)
+        idx = np.clip(idx, 0, len(self.classes) - 1)
+        if not np.all(self.classes[idx] == y):
+            unknown = sorted(set(np.asarray(y).tolist()) - set(self.classes.tolist()))[:5]
+            raise ValueError(f"labels {unknown} are not among the model's classes {self.classes.tolist()}")
+        return torch.tensor(idx, dtype=torch.int64)
+
+
+def _check_fitted(est) -> None:
+    if not hasattr(est, "coef_"):
+        raise ValueError(f"{type(est).__name__} is not fitted: call .fit(X, y) first")
+
+
+def adapt(estimator, n_train: int, hinge_temperature: float = 1e-3, dtype: torch.dtype = torch.float64) -> SklearnModel:
+    """The module, loss and weight decay equivalent to a fitted sklearn estimator trained on ``n_train`` rows.
+
+    Supported: ``LogisticRegression`` (L2), ``LinearSVC`` (L2, squared hinge or hinge) and ``Ridge``.
+    A LinearSVC trained with the plain hinge is explained with ``SmoothHinge(hinge_temperature)``
+    (paper §4.3), with a warning.
+    """
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.svm import LinearSVC
+
+    if n_train < 1:
+        raise ValueError(f"n_train must be >= 1, got {n_train}")
+    _check_fitted(estimator)
+    name = type(estimator).__name__
+    coef, intercept = np.asarray(estimator.coef_, dtype=float), np.asarray(estimator.intercept_, dtype=float)
+    fit_intercept = bool(getattr(estimator, "fit_intercept", True))
+    if getattr(estimator, "class_weight", None) is not None:
+        raise ValueError(f"{name} with class_weight is a weighted objective; refit with class_weight=None")
+    if isinstance(estimator, LogisticRegression):
+        l1 = getattr(estimator, "l1_ratio", 0.0) or 0.0
+        penalty = getattr(estimator, "penalty", "l2")
+        if l1 != 0 or penalty not in ("l2", "deprecated", None) or not np.isfinite(estimator.C):
+            raise ValueError("LogisticRegression must use the plain L2 penalty (l1_ratio=0) with a finite C")
+        liblinear = estimator.solver == "liblinear"
+        binary = coef.shape[0] == 1
+        module = LinearScore(
+            coef, intercept if fit_intercept else 0.0,
+            intercept_scaling=estimator.intercept_scaling if liblinear else 1.0,
+            penalize_intercept=liblinear and fit_intercept, squeeze=binary, dtype=dtype,
+        )
+        return SklearnModel(module, "logistic" if binary else "cross_entropy", 1.0 / (estimator.C * n_train),
+                            np.asarray(estimator.classes_))
+    if isinstance(estimator, LinearSVC):
+        if estimator.penalty != "l2":
+            raise ValueError("LinearSVC must use penalty='l2'")
+        if getattr(estimator, "multi_class", "ovr") == "crammer_singer":
+            raise ValueError("LinearSVC(multi_class='crammer_singer') is not supported; use 'ovr'")
+        note = ""
+        base: Any = squared_hinge
+        if estimator.loss == "hinge":
+            base = SmoothHinge(hinge_temperature)
+            note = (f"LinearSVC was trained with the hinge loss, which has no Hessian; influence uses "
+                    f"SmoothHinge(t={hinge_temperature:g}) at the hinge solution (paper §4.3)")
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
+        binary = coef.shape[0] == 1
+        module = LinearScore(coef, intercept if fit_intercept else 0.0, estimator.intercept_scaling,
+                             penalize_intercept=fit_intercept, squeeze=binary, dtype=dtype)
+        loss = base if binary else OneVsRest(base)
+        return SklearnModel(module, loss, 1.0 / (estimator.C * n_train), np.asarray(estimator.classes_), note)
+    if isinstance(estimator, Ridge):
+        alpha = np.asarray(estimator.alpha, dtype=float)
+        if alpha.size != 1 or not alpha > 0:
+            raise ValueError("Ridge needs one alpha > 0 (per-target alphas are not supported)")
+        squeeze = coef.ndim == 1
+        module = LinearScore(coef, intercept if fit_intercept else 0.0, squeeze=squeeze, dtype=dtype)
+        return SklearnModel(module, "squared_error", float(alpha) / n_train, None)
+    raise TypeError(f"unsupported estimator {name}; use LogisticRegression, LinearSVC or Ridge")
+
+
+def from_sklearn(estimator, X, y, hinge_temperature: float = 1e-3, dtype: torch.dtype = torch.float64) -> tuple[Objective, SklearnModel]:
+    """An ``Objective`` at a fitted sklearn linear model's parameters, on its training data ``(X, y)``.
+
+    Returns ``(objective, adapted)``; ``adapted.encode(y_test)`` turns sklearn labels into targets.
+
+    Example::
+
+        clf = LogisticRegression(C=1.0).fit(X, y)
+        obj, adapted = whybox.adapters.from_sklearn(clf, X, y)
+        inf = whybox.InfluenceFunction(obj).fit()
+        inf.up_loss(X_test, adapted.encode(y_test))
+    """
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2:
+        raise ValueError(f"X must be a 2-d array [n, features], got shape {X.shape}")
+    adapted = adapt(estimator, len(X), hinge_temperature, dtype)
+    if X.shape[1] != adapted.module.weight.shape[1]:
+        raise ValueError(f"X has {X.shape[1]} features but the model was fitted on {adapted.module.weight.shape[1]}")
+    obj = Objective(adapted.module, adapted.loss, torch.tensor(X, dtype=dtype), adapted.encode(y),
+                    weight_decay=adapted.weight_decay)
+    return obj, adapted
+
+
+def fit_sklearn(kind: str, X, y, C: float = 1.0, seed: int = 0):
+    """Fit a scikit-learn linear model to a tight optimum: ``kind`` is logistic, svm or ridge.
+
+    ``C`` is the inverse regularisation strength (Ridge: alpha = 1/C, matching C·Σ½r² + ½‖w‖²).
+    """
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.svm import LinearSVC
+
+    if not (np.isfinite(C) and C > 0):
+        raise ValueError(f"C must be a finite number > 0, got {C}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        if kind == "logistic":
+            est = LogisticRegression(C=C, tol=1e-10, max_iter=10_000)
+        elif kind == "svm":
+            est = LinearSVC(C=C, tol=1e-10, max_iter=100_000, dual=False, random_state=seed)
+        elif kind == "ridge":
+            est = Ridge(alpha=1.0 / C, tol=1e-12)
+        else:
+            raise ValueError(f"unknown sklearn model {kind!r}; choose logistic, svm or ridge")
+        from sklearn.exceptions import ConvergenceWarning
+
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
+        return est.fit(np.asarray(X, dtype=float), np.asarray(y))

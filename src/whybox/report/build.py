@@ -1,0 +1,241 @@
+"""Collect everything the HTML report shows into plain data (no HTML here)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.func import grad, vmap
+from tqdm.auto import tqdm
+
+from whybox.explain import Explanation, Study, Validation, self_influence_ranking, validate_point
+from whybox.report import figures
+
+LEGEND = {
+    "score": (
+        "score = predicted change of this test point's loss if the training point were removed and the "
+        "model retrained (first order: −I_up,loss/n), in units of the loss ({loss}). "
+        "Score > 0: removing it would raise the loss, so the point HELPED this prediction; "
+        "score < 0: it HURT."
+    ),
+    "up_loss": "up_loss = I_up,loss = d(test loss)/d(weight of the training point) = −n·score; positive = harmful.",
+    "self": (
+        "self-influence score = ∇L(zᵢ)ᵀH⁻¹∇L(zᵢ) = −I_up,loss(zᵢ, zᵢ) ≥ 0: how much the point's own loss "
+        "depends on its own presence. High = the model bent to fit it: check its label first."
+    ),
+    "features": (
+        "feature contribution = input × gradient of the test loss (x·∂L/∂x, model input space): "
+        "> 0 pushes the loss up. Rows of the training points show the same features."
+    ),
+}
+
+
+@dataclass
+class TrainView:
+    """One training point as shown in the report."""
+
+    index: int
+    score: float
+    label: str
+    prediction: str
+    correct: Optional[bool]  # None for regression
+    up_loss: Optional[float] = None
+    train_loss: Optional[float] = None
+    image: Optional[str] = None  # data: URI
+    features: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class TestView:
+    """One test point with its most helpful and harmful training points."""
+
+    index: int
+    label: str
+    prediction: str
+    confidence: float
+    correct: Optional[bool]  # None for regression
+    helpful: list[TrainView]
+    harmful: list[TrainView]
+    image: Optional[str] = None
+    features: list[tuple[str, str, str]] = field(default_factory=list)  # (name, value, contribution)
+    figure: Optional[str] = None
+    status: str = ""
+
+
+@dataclass
+class ReportData:
+    """Everything the report page shows."""
+
+    title: str
+    tests: list[TestView]
+    self_influence: list[TrainView]
+    self_figure: Optional[str]
+    validation: Optional[dict[str, Any]]
+    settings: dict[str, Any]
+    diagnostics: dict[str, Any]
+    versions: dict[str, str]
+    legend: dict[str, str]
+    explanations: list[Explanation] = field(default_factory=list)
+    created: str = ""
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software that produced a result."""
+    import scipy
+    import sklearn
+
+    import whybox
+
+    return {
+        "whybox": whybox.__version__, "python": platform.python_version(), "torch": torch.__version__,
+        "numpy": np.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__,
+        "platform": platform.platform(),
+    }
+
+
+class _Renderer:
+    """Turns rows of the study's data into images or feature tables."""
+
+    def __init__(self, study: Study, n_features: int = 6) -> None:
+        self.study = study
+        self.n_features = n_features
+        obj = study.objective
+        self.train_show = np.asarray(study.show_train) if study.show_train is not None else obj.X.detach().cpu().numpy()
+        self.test_show = np.asarray(study.show_test) if study.show_test is not None else study.X_test.detach().cpu().numpy()
+        self.images = study.image_shape is not None
+        if self.images:
+            both = np.concatenate([self.train_show.reshape(-1), self.test_show.reshape(-1)])
+            self.vmin, self.vmax = float(both.min()), float(both.max())
+            # digits-like data: ink is the high value, so draw dark ink on white
+            self.cmap = "gray_r" if study.name.startswith("digits") else "gray"
+        d = int(np.prod(obj.X.shape[1:]))
+        self.names = study.feature_names if len(study.feature_names) == d else [f"x{i}" for i in range(d)]
+
+    def label(self, value) -> str:
+        names = self.study.class_names
+        if isinstance(value, int) and names and 0 <= value < len(names):
+            return names[value]
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    def image(self, row: np.ndarray) -> Optional[str]:
+        if not self.images:
+            return None
+        return figures.image_uri(row.reshape(self.study.image_shape), self.vmin, self.vmax, self.cmap)
+
+    def contributions(self, test_indices: Sequence[int]) -> np.ndarray:
+        """x·∂L(z_test)/∂x for each test point, ``[m, d]``."""
+        obj = self.study.objective
+        X = self.study.X_test[list(test_indices)].to(obj.dtype)
+        y = self.study.y_test[list(test_indices)]
+        g = vmap(grad(obj._example_loss, argnums=1), in_dims=(None, 0, 0))(obj.theta, X, y)
+        return (g * X).reshape(len(X), -1).detach().cpu().numpy()
+
+    def value(self, rows: np.ndarray, i: int, j: int) -> str:
+        return f"{rows.reshape(len(rows), -1)[i, j]:.4g}"
+
+
+def build_report(
+    study: Study,
+    test_indices: Optional[Sequence[int]] = None,
+    n_test: int = 8,
+    top_k: int = 5,
+    self_k: int = 10,
+    validate: int = 0,
+    validate_index: Optional[int] = None,
+    title: Optional[str] = None,
+    progress: bool = True,
+) -> ReportData:
+    """Compute and collect everything the report shows.
+
+    Args:
+        study: the trained model, fitted influence solver and test data (``whybox.explain.Study``).
+        test_indices: test points to include (default: ``n_test`` of them, misclassified first).
+        top_k: helpful and harmful training points per test point.
+        self_k: training points in the self-influence ranking.
+        validate: if > 0, retrain without each of this many most influential training points of the
+            first test point (or ``validate_index``) and plot predicted vs actual loss change.
+    """
+    if top_k < 1 or n_test < 1 or self_k < 0 or validate < 0:
+        raise ValueError("top_k and n_test must be >= 1, self_k and validate >= 0")
+    idx = list(test_indices) if test_indices is not None else study.default_test_indices(n_test)
+    if not idx:
+        raise ValueError("no test points to report")
+    obj = study.objective
+    steps = tqdm(total=4, desc="building report", disable=not progress, leave=False)
+    explanations = study.explain(idx, top_k, progress=progress)
+    steps.update()
+    r = _Renderer(study)
+    loss_name = obj.loss_name
+    regression = loss_name == "squared_error"
+
+    def right(label, prediction) -> Optional[bool]:
+        return None if regression else label == prediction
+    effects = (-study.influence.up_loss(study.X_test[idx], study.y_test[idx]) / obj.n).detach().cpu().numpy()
+    contrib = None if r.images else r.contributions(idx)
+    tests = []
+    for j, ex in enumerate(tqdm(explanations, desc="rendering test points", disable=not progress, leave=False)):
+        feats: list[tuple[str, str, str]] = []
+        top_feats: list[int] = []
+        if contrib is not None:
+            top_feats = np.argsort(-np.abs(contrib[j]))[: r.n_features].tolist()
+            feats = [(r.names[f], r.value(r.test_show, ex.test_index, f), f"{contrib[j, f]:+.3g}") for f in top_feats]
+
+        def view(rk) -> TrainView:
+            return TrainView(
+                rk.index, rk.removal_effect, r.label(rk.label), r.label(rk.prediction), right(rk.label, rk.prediction),
+                up_loss=rk.up_loss, image=r.image(r.train_show[rk.index]),
+                features=[(r.names[f], r.value(r.train_show, rk.index, f)) for f in top_feats],
+            )
+
+        ok = right(ex.label, ex.prediction)
+        status = f"error {ex.prediction - ex.label:+.4g}" if ok is None else ("correct" if ok else "WRONG")
+        tests.append(TestView(
+            ex.test_index, r.label(ex.label), r.label(ex.prediction), ex.confidence, ok,
+            [view(h) for h in ex.helpful], [view(h) for h in ex.harmful],
+            image=r.image(r.test_show[ex.test_index]), features=feats,
+            figure=figures.score_distribution(effects[j], top_k, loss_name), status=status,
+        ))
+    steps.update()
+    selfs = []
+    self_fig = None
+    if self_k > 0:
+        ranked = self_influence_ranking(study.influence, self_k)
+        selfs = [TrainView(s.index, s.score, r.label(s.label), r.label(s.prediction), right(s.label, s.prediction),
+                           train_loss=s.train_loss, image=r.image(r.train_show[s.index]),
+                           features=[] if r.images else _top_row_features(r, s.index))
+                 for s in ranked]
+        self_fig = figures.self_influence_curve(study.influence.self_scores().detach().cpu().numpy())
+    steps.update()
+    validation = None
+    if validate > 0:
+        vi = idx[0] if validate_index is None else validate_index
+        val: Validation = validate_point(study.influence, study.X_test, study.y_test, vi, validate, progress=progress)
+        validation = {
+            "test_index": vi, "k": len(val.train_indices), "pearson": val.pearson, "spearman": val.spearman,
+            "figure": figures.validation_scatter(val.predicted, val.actual, val.pearson, val.spearman, loss_name),
+            "rows": list(zip(val.train_indices, val.predicted, val.actual)),
+        }
+    steps.update()
+    steps.close()
+    diagnostics = dict(study.influence.curvature.diagnostics)
+    settings = {"solver": repr(study.influence.curvature), "loss": loss_name, "weight_decay": obj.weight_decay,
+                "n_train": obj.n, "n_test": len(study.X_test), "parameters": obj.p, "top_k": top_k}
+    settings.update(study.settings)
+    legend = {k: v.format(loss=loss_name) for k, v in LEGEND.items()}
+    return ReportData(
+        title=title or f"whybox report — {study.name or 'model'}",
+        tests=tests, self_influence=selfs, self_figure=self_fig, validation=validation,
+        settings=settings, diagnostics=diagnostics, versions=versions(), legend=legend,
+        explanations=explanations, created=_dt.datetime.now().isoformat(timespec="seconds"),
+    )
+
+
+def _top_row_features(r: _Renderer, i: int, count: int = 4) -> list[tuple[str, str]]:
+    """For a tabular training point without a test point to compare with: its largest-magnitude model inputs."""
+    x = r.study.objective.X[i].reshape(-1).detach().cpu().numpy()
+    top = np.argsort(-np.abs(x))[:count]
+    return [(r.names[f], r.value(r.train_show, i, f)) for f in top]
