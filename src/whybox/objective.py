@@ -71,7 +71,9 @@ class Objective:
         loss: a name from ``whybox.losses.LOSSES`` (``"cross_entropy"``, ``"logistic"``,
             ``"squared_error"``, ``"hinge"``, ``"smooth_hinge"``), a ``SmoothHinge(t)``, or any
             callable ``loss(output, target) -> scalar`` for one example.
-        X, y: the training data (tensors, arrays, or a Dataset/DataLoader as ``X`` with ``y=None``).
+        X: the training inputs ``[n, *input_shape]`` (a tensor or array), or a Dataset/DataLoader
+            of ``(x, y)`` pairs with ``y=None``.
+        y: the training targets, one per row of ``X``.
         weight_decay: w in R(θ) = mean loss + (w/2)‖θ‖² (PyTorch's convention: ∇ gains w·θ).
         params: names (or name prefixes, e.g. ``"fc."``) of the parameters to explain; the rest are
             frozen. Default: all parameters with ``requires_grad``.
