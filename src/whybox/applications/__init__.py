@@ -1,0 +1,3 @@
+"""Applications of training-data attribution (Koh & Liang 2017, §5)."""
+
+from whybox.applications import attack  # noqa: F401
