@@ -51,6 +51,24 @@ class RandomFourierFeatures(nn.Module):
         return (2.0 / self.weights.shape[1]) ** 0.5 * torch.cos(z)
 
 
+class NystroemFeatures(nn.Module):
+    """φ(x) = k(x, C)·N with the centres C and normaliser N = K(C, C)^(-1/2) of a fitted
+    ``sklearn.kernel_approximation.Nystroem`` (RBF kernel). With every training point as a centre,
+    φ(x)·φ(x') equals the exact kernel whenever x' is a training point, and by the representer theorem
+    the SVM's solution lies in their span: this is the kernel's exact feature map for the SVM."""
+
+    def __init__(self, nystroem: Any, gamma: float, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.gamma = float(gamma)
+        self.register_buffer("centres", torch.as_tensor(nystroem.components_, dtype=dtype))
+        self.register_buffer("norm", torch.as_tensor(nystroem.normalization_.T, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(len(x), -1)
+        d2 = (x * x).sum(1, keepdim=True) - 2 * x @ self.centres.T + (self.centres * self.centres).sum(1)
+        return torch.exp(-self.gamma * d2.clamp_min(0)) @ self.norm
+
+
 def _check_binary(split: zoo.Split) -> None:
     if split.n_classes != 2:
         raise ValueError(f"these use cases need a binary task; {split.name} has {split.n_classes} classes "
@@ -106,14 +124,22 @@ def pixel_logistic(split: zoo.Split, weight_decay: float = 1e-2) -> tuple[Object
 
 
 def rbf_svm(
-    split: zoo.Split, gamma: float | None = None, n_components: int = 500, temperature: float = 0.01,
-    weight_decay: float = 1e-3, seed: int = 0,
+    split: zoo.Split, gamma: float | None = None, features: str = "exact", n_components: int = 500,
+    temperature: float = 1.0, weight_decay: float = 1e-3, seed: int = 0,
 ) -> tuple[Objective, dict]:
-    """RBF-kernel SVM via random Fourier features and a SmoothHinge(temperature) linear top layer.
+    """RBF-kernel SVM k(x, x') = exp(−γ‖x − x'‖²): a fixed feature map φ and a linear top layer trained
+    on SmoothHinge(temperature) (θ = the top layer), so influence is computed in φ's space.
 
-    ``gamma`` defaults to scikit-learn's ``"scale"`` rule, 1 / (d · Var(X)).
+    Args:
+        gamma: defaults to scikit-learn's ``"scale"`` rule, 1 / (d · Var(X)).
+        features: ``"exact"`` — the kernel's own feature map on the span of the training points
+            (``Nystroem`` with every training point as a centre; p = n + 1); ``"rff"`` — random Fourier
+            features (``RBFSampler``, ``n_components`` of them), an approximation whose noise
+            (~1/√n_components) blurs the kernel's locality.
+        temperature: t of SmoothHinge; small t is close to the hinge, but then every point beyond
+            the margin (most test points) has a loss gradient of ≈ exp(−margin/t) ≈ 0.
     """
-    from sklearn.kernel_approximation import RBFSampler
+    from sklearn.kernel_approximation import Nystroem, RBFSampler
 
     _check_binary(split)
     X = split.X_train.reshape(len(split.X_train), -1).numpy()
@@ -121,11 +147,18 @@ def rbf_svm(
         gamma = 1.0 / (X.shape[1] * X.var())
     if not gamma > 0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
-    sampler = RBFSampler(gamma=gamma, n_components=n_components, random_state=seed).fit(X)
-    model = nn.Sequential(RandomFourierFeatures(sampler, split.X_train.dtype),
-                          nn.Linear(n_components, 1, dtype=split.X_train.dtype))
+    dtype = split.X_train.dtype
+    if features == "exact":
+        phi: nn.Module = NystroemFeatures(Nystroem(gamma=gamma, n_components=len(X), random_state=seed).fit(X), gamma, dtype)
+        width, what = len(X), "exact feature map"
+    elif features == "rff":
+        phi = RandomFourierFeatures(RBFSampler(gamma=gamma, n_components=n_components, random_state=seed).fit(X), dtype)
+        width, what = n_components, f"{n_components} random Fourier features"
+    else:
+        raise ValueError(f"features must be 'exact' or 'rff', got {features!r}")
+    model = nn.Sequential(phi, nn.Linear(width, 1, dtype=dtype))
     obj = _fit_top(model, SmoothHinge(temperature), split, weight_decay, params="1.")
-    return obj, {"model": f"RBF SVM (γ={gamma:.3g}, {n_components} random features, SmoothHinge t={temperature})",
+    return obj, {"model": f"RBF SVM (γ={gamma:.3g}, {what}, SmoothHinge t={temperature})",
                  "p": obj.p, "weight_decay": weight_decay, "gamma": float(gamma)}
 
 
