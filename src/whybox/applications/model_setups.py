@@ -90,9 +90,21 @@ def pretrained_extractor(
     others = [c for c in range(10) if c not in set(pair)]
     pre = zoo.load("digits", classes=others, seed=seed, images=True)
     net = zoo.cnn(len(others), seed=seed)
-    with warnings.catch_warnings():  # a feature extractor need not be at an exact minimum
-        warnings.simplefilter("ignore", RuntimeWarning)
-        obj, _ = zoo.train(net, "cross_entropy", pre.X_train, pre.y_train, weight_decay=weight_decay, max_iter=max_iter)
+    # a feature extractor need not be at an exact minimum: plain L-BFGS for exactly max_iter iterations
+    # (zoo.fit runs whole blocks of 100 iterations)
+    obj = Objective(net, "cross_entropy", pre.X_train, pre.y_train, weight_decay=weight_decay)
+    theta = obj.theta.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([theta], max_iter=max_iter, history_size=50, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        value = obj.risk(theta)
+        value.backward()
+        return value
+
+    opt.step(closure)
+    obj.write_to_model(theta.detach())
+    obj = obj.with_theta(theta.detach())
     with torch.no_grad():
         acc = float((obj.outputs(pre.X_test).argmax(1) == pre.y_test).double().mean())
     # split's standardised pixels -> raw -> the pretraining standardisation, then the conv layers
