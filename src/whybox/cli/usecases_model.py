@@ -72,7 +72,12 @@ def attack(
     except ValueError as err:
         raise BadInput(str(err)) from None
     out.mkdir(parents=True, exist_ok=True)
-    split, extractor, pre_acc = _setup(_pair(pair), seed, pretrain_iter)
+    if "network" in chosen:
+        split, extractor, pre_acc = _setup(_pair(pair), seed, pretrain_iter)
+    else:  # no frozen network needed: skip the pretraining
+        from whybox import zoo
+
+        split, extractor, pre_acc = zoo.load("digits", classes=_pair(pair), seed=seed), None, None
     grid = atk.PixelGrid.from_split(split)
     builders = {"network": lambda: frozen_network(split, extractor), "logistic": lambda: pixel_logistic(split)}
     sweeps, report = {}, {"settings": dict(pair=pair, budgets=ks, iterations=iterations, step=step, epsilon=epsilon,
