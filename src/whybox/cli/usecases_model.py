@@ -128,7 +128,7 @@ def _print_attack(report: dict, chosen: list[str], out: Path) -> None:
     for name in chosen:
         e = report[name]
         for r in e["rows"]:
-            table.add_row(e["model"]["model"], str(r["n_points"]), f"{r['flipped']}/{r['attacked']}",
+            table.add_row(name, str(r["n_points"]), f"{r['flipped']}/{r['attacked']}",
                           f"{r['flip_rate']:.0%}", f"{r['mean_linf']:.2f}", f"{r['mean_l2']:.2f}",
                           f"{r['acc_others_before']:.3f}→{r['acc_others_after']:.3f}", f"{r['mean_iterations']:.1f}",
                           f"{r['seconds']:.0f}")
