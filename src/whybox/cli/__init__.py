@@ -6,6 +6,7 @@ import sys
 
 from whybox.cli._app import BadInput, app
 from whybox.cli import explain, validate  # noqa: F401  (registers verbs)
+from whybox.cli import usecases_model  # noqa: F401  (attack, compare)
 
 __all__ = ["app", "main", "BadInput"]
 

@@ -43,7 +43,7 @@ def fit(
     """
     theta = (objective.theta if theta0 is None else theta0).detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS(
-        [theta], lr=1, max_iter=100, history_size=50, line_search_fn="strong_wolfe",
+        [theta], lr=1, max_iter=min(100, max_iter), history_size=50, line_search_fn="strong_wolfe",
         tolerance_grad=tol, tolerance_change=0.0,
     )
 
@@ -54,7 +54,7 @@ def fit(
         return value
 
     grad_norm = float("inf")
-    for _ in range(max(1, max_iter // 100)):  # each step runs up to 100 L-BFGS iterations
+    for _ in range(max(1, -(-max_iter // 100))):  # each step runs up to 100 L-BFGS iterations
         opt.step(closure)
         g = torch.autograd.grad(objective.risk(theta, weights), theta)[0]
         new_norm = g.norm().item()

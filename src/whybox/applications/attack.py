@@ -1,0 +1,423 @@
+"""Training-set attacks (Koh & Liang 2017, §5.2): perturb a few training images, invisibly, so that
+the retrained model gets a chosen test point wrong.
+
+For a target test point z_test and a training point z̃ (initially z_i), iterate
+
+    z̃ := Π(z̃ + α·sign(I_pert,loss(z̃, z_test)))      then retrain (warm start),
+
+where I_pert,loss(z, z_test) = −∇θL(z_test)ᵀ H⁻¹ ∇x∇θL(z) is the gradient of the *test* loss with
+respect to the training *input* (so stepping along it raises the test loss), and Π projects onto the
+valid images that keep the original's representation: the integer pixel grid ``[low, high]`` (digits:
+0..16), within ``epsilon`` levels of the original pixel (an L∞ budget). The model sees standardised
+inputs, so the step is taken, and projected, in raw pixel space and the result re-standardised.
+
+Several targets at once: the attack raises their average loss. Which training points are perturbed is
+decided by any ``Attributor`` (default: influence functions): the ``n_points`` with the largest
+|score| on the target(s).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from whybox import zoo
+from whybox.attribution import Attributor
+from whybox.curvature import Curvature, Exact
+from whybox.influence import InfluenceFunction
+from whybox.objective import Objective
+
+
+@dataclass(frozen=True)
+class PixelGrid:
+    """The valid inputs: integer pixel levels in ``[low, high]``; the model sees ``(raw − mean)/std``.
+
+    ``mean``/``std`` are per pixel (``None``: the model sees raw pixels). ``from_split`` reads them
+    from a ``zoo.Split``.
+    """
+
+    low: float = 0.0
+    high: float = 16.0
+    mean: Optional[np.ndarray] = None
+    std: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        if not self.high > self.low:
+            raise ValueError(f"PixelGrid needs high > low, got [{self.low}, {self.high}]")
+        if self.std is not None and not (np.asarray(self.std) > 0).all():
+            raise ValueError("PixelGrid std must be > 0 for every pixel")
+
+    @classmethod
+    def from_split(cls, split: zoo.Split) -> "PixelGrid":
+        """The grid of an embedded image split (digits: levels 0..16, the split's standardisation)."""
+        if split.raw_train is None:
+            raise ValueError(f"{split.name} carries no raw pixels")
+        return cls(float(split.raw_train.min()), float(split.raw_train.max()), split.mean, split.std)
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = int(np.prod(like.shape[1:]))
+        mean = torch.zeros(d) if self.mean is None else torch.as_tensor(self.mean).reshape(-1)
+        std = torch.ones(d) if self.std is None else torch.as_tensor(self.std).reshape(-1)
+        if mean.numel() != d:
+            raise ValueError(f"PixelGrid has {mean.numel()} pixels but the inputs have {d} values per row")
+        return mean.to(like), std.to(like)
+
+    def to_raw(self, X: torch.Tensor) -> torch.Tensor:
+        """Model inputs ``[k, *shape]`` → raw pixel levels ``[k, d]`` (rounded onto the grid)."""
+        mean, std = self._stats(X)
+        return torch.round(X.reshape(len(X), -1) * std + mean)
+
+    def to_model(self, raw: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Raw pixels ``[k, d]`` → model inputs shaped like ``like``."""
+        mean, std = self._stats(like)
+        return ((raw - mean) / std).reshape(like.shape).to(like.dtype)
+
+    def raw_gradient(self, grad_model: torch.Tensor) -> torch.Tensor:
+        """A gradient w.r.t. model inputs ``[k, *shape]`` → w.r.t. raw pixels ``[k, d]`` (chain rule)."""
+        _, std = self._stats(grad_model)
+        return grad_model.reshape(len(grad_model), -1) / std
+
+    def project(self, raw: torch.Tensor, raw0: torch.Tensor, epsilon: float) -> torch.Tensor:
+        """Π: nearest grid point within ``epsilon`` levels of ``raw0`` and inside ``[low, high]``."""
+        lo = torch.clamp(raw0 - epsilon, min=self.low)
+        hi = torch.clamp(raw0 + epsilon, max=self.high)
+        return torch.round(torch.minimum(torch.maximum(raw, lo), hi))
+
+
+@dataclass
+class AttackResult:
+    """One attack on one target test point (or several at once), after retraining.
+
+    Losses are the plain test losses of the retrained model; ``linf``/``l2`` are the size of each
+    perturbed training image's change in pixel levels.
+    """
+
+    targets: list[int]
+    train_indices: list[int]
+    flipped: list[bool]
+    iterations: int
+    loss_before: list[float]
+    loss_after: list[float]
+    loss_history: list[float]  # mean target loss after each retraining
+    raw_original: np.ndarray  # [k, d] pixel levels
+    raw_perturbed: np.ndarray
+    theta: torch.Tensor
+    seconds: float
+
+    @property
+    def linf(self) -> np.ndarray:
+        return np.abs(self.raw_perturbed - self.raw_original).max(axis=1)
+
+    @property
+    def l2(self) -> np.ndarray:
+        return np.linalg.norm(self.raw_perturbed - self.raw_original, axis=1)
+
+    @property
+    def all_flipped(self) -> bool:
+        return all(self.flipped)
+
+
+class FrozenPrefix:
+    """Retraining shortcut for ``nn.Sequential`` models whose θ lies entirely in the last layers
+    (frozen extractor + trainable head): the prefix's features are computed once and only the
+    perturbed rows are recomputed, so each retraining fits the head alone (same θ, same optimum)."""
+
+    def __init__(self, objective: Objective, cut: int) -> None:
+        model = objective.model
+        self.prefix = torch.nn.Sequential(*list(model.children())[:cut])
+        head = torch.nn.Sequential(*list(model.children())[cut:])
+        names = [n.split(".", 1)[1] for n in objective.param_names]  # "1.weight" -> "weight" in child 1
+        rel = [f"{int(n0.split('.')[0]) - cut}.{n}" for n0, n in zip(objective.param_names, names)]
+        with torch.no_grad():
+            self.features = self.prefix(objective.X)
+        self.head = Objective(head, objective.loss_fn, self.features, objective.y,
+                              weight_decay=objective.weight_decay, params=rel, batch_size=objective.batch_size)
+        self.head = self.head.with_theta(objective.theta)
+
+    @classmethod
+    def of(cls, objective: Objective) -> Optional["FrozenPrefix"]:
+        """The shortcut when it applies (θ = exactly the parameters of the last children), else None."""
+        model = objective.model
+        if not isinstance(model, torch.nn.Sequential):
+            return None
+        children = list(model.children())
+        owner = [int(n.split(".")[0]) for n in objective.param_names]
+        cut = min(owner)
+        trailing = [f"{i}.{n}" for i in range(cut, len(children)) for n, _ in children[i].named_parameters()]
+        if cut == 0 or trailing != objective.param_names:
+            return None
+        return cls(objective, cut)
+
+    def refit(self, moved: Objective, rows: Sequence[int], tol: float) -> torch.Tensor:
+        """θ after retraining on ``moved``'s data, where only ``rows`` changed, warm-started."""
+        with torch.no_grad():
+            self.features[rows] = self.prefix(moved.X[rows])
+        theta = zoo.fit(self.head.with_data(self.features, moved.y).with_theta(moved.theta), tol=tol).theta
+        return theta
+
+
+def _predict(objective: Objective, X: torch.Tensor, theta: Optional[torch.Tensor] = None) -> torch.Tensor:
+    with torch.no_grad():
+        out = objective.outputs(X, theta)
+    if out.ndim == 1 or out.shape[-1] == 1:
+        return (out.reshape(-1) > 0).long()
+    return out.argmax(-1)
+
+
+def _is_correct(objective: Objective, X: torch.Tensor, y: torch.Tensor, theta=None) -> torch.Tensor:
+    pred = _predict(objective, X, theta)
+    return pred == (y.clamp_min(0) if objective.loss_name != "cross_entropy" else y)  # ±1 labels -> 0/1
+
+
+def select_points(selector: Attributor, X_target, y_target, n_points: int) -> list[int]:
+    """The ``n_points`` training points with the largest |score| on the target(s) (mean over targets)."""
+    scores = torch.as_tensor(selector.scores(X_target, y_target)).reshape(len(X_target), -1).mean(0)
+    if n_points > len(scores):
+        raise ValueError(f"n_points = {n_points} but there are only {len(scores)} training points")
+    return torch.argsort(scores.abs(), descending=True)[:n_points].tolist()
+
+
+def _check_options(n_points: int, step: float, epsilon: float, iterations: int) -> None:
+    if n_points < 1:
+        raise ValueError(f"n_points must be >= 1, got {n_points}")
+    if not step >= 0.5:
+        raise ValueError(f"step must be >= 0.5 pixel levels (smaller steps round back onto the same grid point), got {step}")
+    if not epsilon >= 1:
+        raise ValueError(f"epsilon must be >= 1 pixel level (the smallest change on the integer grid), got {epsilon}")
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+
+
+def attack(
+    objective: Objective,
+    X_test,
+    y_test,
+    targets: Sequence[int],
+    grid: PixelGrid,
+    n_points: int = 1,
+    step: float = 1.0,
+    epsilon: float = 2.0,
+    iterations: int = 10,
+    selector: Optional[Attributor] = None,
+    curvature: Optional[Curvature] = None,
+    stop_when_flipped: bool = True,
+    tol: float = 1e-8,
+) -> AttackResult:
+    """Perturb the ``n_points`` most influential training images to raise the (mean) loss of the
+    ``targets`` rows of ``(X_test, y_test)``, retraining after each step.
+
+    Args:
+        objective: the trained model (θ̂) on its training data; only ``objective.X`` rows change.
+        grid: valid pixel values and the raw ↔ model-input map (``PixelGrid.from_split(split)``).
+        step: α, in raw pixel levels. epsilon: L∞ budget per pixel, in levels.
+        selector: any ``Attributor`` fitted on the clean model, used to pick the training points
+            (default: ``InfluenceFunction(objective, curvature)``). The attack direction itself is
+            always I_pert,loss from influence functions at the current (retrained) parameters.
+        curvature: the inverse-HVP solver for I_pert,loss (default ``Exact()``), refitted each step.
+        stop_when_flipped: stop as soon as every target is misclassified.
+    """
+    _check_options(n_points, step, epsilon, iterations)
+    X, y = objective.check_data(X_test, y_test, "test")
+    targets = [int(t) for t in targets]
+    if not targets or min(targets) < 0 or max(targets) >= len(X):
+        raise ValueError(f"targets must be indices in [0, {len(X)}), got {targets[:5]}")
+    start = time.perf_counter()
+    Xt, yt = X[targets], y[targets]
+    curvature = curvature if curvature is not None else Exact()
+    if selector is None:
+        selector = InfluenceFunction(objective, copy.deepcopy(curvature)).fit()
+    elif not isinstance(selector, Attributor):
+        raise TypeError(f"selector must follow the Attributor protocol (scores, self_scores), got {type(selector).__name__}")
+    idx = select_points(selector, Xt, yt, n_points)
+
+    X_train = objective.X.clone()
+    raw0 = grid.to_raw(X_train[idx])
+    raw = raw0.clone()
+    head = FrozenPrefix.of(objective)
+    before = objective.losses(Xt, yt)
+    history: list[float] = []
+    it = 0
+    current = objective
+    for it in range(1, iterations + 1):
+        inf = InfluenceFunction(current, curvature).fit()
+        g = inf.pert_loss(Xt, yt, idx).mean(0)  # d(mean target loss)/d(training inputs), [k, *x]
+        new = grid.project(raw + step * torch.sign(grid.raw_gradient(g)), raw0, epsilon)
+        if torch.equal(new, raw):  # a fixed point: same data, same θ, same step from here on
+            break
+        raw = new
+        X_train[idx] = grid.to_model(raw, X_train[idx])
+        moved = current.with_data(X_train.clone(), objective.y)
+        theta = head.refit(moved, idx, tol) if head else zoo.fit(moved, tol=tol).theta  # warm start
+        current = moved.with_theta(theta)
+        history.append(float(current.losses(Xt, yt).mean()))
+        if stop_when_flipped and not _is_correct(current, Xt, yt).any():
+            break
+    after = current.losses(Xt, yt)
+    flipped = (~_is_correct(current, Xt, yt)).tolist()
+    return AttackResult(
+        targets=targets, train_indices=idx, flipped=[bool(f) for f in flipped], iterations=it,
+        loss_before=before.tolist(), loss_after=after.tolist(), loss_history=history,
+        raw_original=raw0.numpy(), raw_perturbed=raw.numpy(), theta=current.theta,
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass
+class SweepRow:
+    """Flip statistics for one budget (number of perturbed training images)."""
+
+    n_points: int
+    attacked: int
+    flipped: int
+    mean_linf: float
+    mean_l2: float
+    acc_others_before: float  # test accuracy on the non-target points, clean model (mean over attacks)
+    acc_others_after: float  # ... after the attack
+    mean_iterations: float
+    seconds: float
+
+    @property
+    def flip_rate(self) -> float:
+        return self.flipped / self.attacked if self.attacked else float("nan")
+
+
+@dataclass
+class Sweep:
+    """Attacks on each correctly classified test point separately, for several budgets."""
+
+    rows: list[SweepRow]
+    attacks: dict[int, list[AttackResult]]  # n_points -> one result per target
+    n_correct: int  # correctly classified test points (the candidates)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def attack_each(
+    objective: Objective,
+    X_test,
+    y_test,
+    grid: PixelGrid,
+    budgets: Sequence[int] = (1, 2, 10),
+    max_targets: Optional[int] = None,
+    step: float = 1.0,
+    epsilon: float = 2.0,
+    iterations: int = 10,
+    selector: Optional[Attributor] = None,
+    curvature: Optional[Curvature] = None,
+    progress: bool = True,
+    seed: int = 0,
+) -> Sweep:
+    """Attack every correctly classified test point on its own (a fresh training set each time), once
+    per budget in ``budgets``; ``max_targets`` limits how many (a seeded random subset)."""
+    X, y = objective.check_data(X_test, y_test, "test")
+    correct = torch.nonzero(_is_correct(objective, X, y)).reshape(-1)
+    n_correct = len(correct)
+    if max_targets is not None and max_targets < n_correct:
+        gen = torch.Generator().manual_seed(seed)
+        correct = correct[torch.randperm(n_correct, generator=gen)[:max_targets]].sort().values
+    if len(correct) == 0:
+        raise ValueError("the model gets no test point right: nothing to attack")
+    curvature = curvature if curvature is not None else Exact()
+    if selector is None:
+        selector = InfluenceFunction(objective, copy.deepcopy(curvature)).fit()
+    rows, attacks = [], {}
+    bar = tqdm(total=len(budgets) * len(correct), desc="attacks", disable=not progress)
+    for k in budgets:
+        results, acc_b, acc_a = [], [], []
+        for t in correct.tolist():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                r = attack(objective, X, y, [t], grid, n_points=k, step=step, epsilon=epsilon,
+                           iterations=iterations, selector=selector, curvature=curvature)
+            others = torch.ones(len(X), dtype=torch.bool)
+            others[t] = False
+            acc_b.append(float(_is_correct(objective, X[others], y[others]).double().mean()))
+            acc_a.append(float(_is_correct(objective, X[others], y[others], r.theta).double().mean()))
+            results.append(r)
+            bar.update()
+            bar.set_postfix(budget=k, flipped=sum(x.all_flipped for x in results))
+        attacks[k] = results
+        rows.append(SweepRow(
+            n_points=k, attacked=len(results), flipped=sum(r.all_flipped for r in results),
+            mean_linf=float(np.mean([r.linf.mean() for r in results])),
+            mean_l2=float(np.mean([r.l2.mean() for r in results])),
+            acc_others_before=float(np.mean(acc_b)), acc_others_after=float(np.mean(acc_a)),
+            mean_iterations=float(np.mean([r.iterations for r in results])),
+            seconds=float(sum(r.seconds for r in results)),
+        ))
+    bar.close()
+    settings = dict(step=step, epsilon=epsilon, iterations=iterations, budgets=list(budgets),
+                    targets=correct.tolist(), curvature=repr(curvature), selector=type(selector).__name__)
+    return Sweep(rows=rows, attacks=attacks, n_correct=n_correct, settings=settings)
+
+
+def plot_attack(result: AttackResult, X_test_raw: np.ndarray, image_shape: Sequence[int], path,
+                labels: Optional[Sequence[str]] = None, title: str = "") -> None:
+    """PNG: each perturbed training image (original, perturbed, difference) and the target test image(s)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shape = tuple(image_shape)[-2:]
+    k, m = len(result.train_indices), len(result.targets)
+    rows = max(k, 1)
+    fig, axes = plt.subplots(rows, 4, figsize=(8.5, 2.2 * rows + 0.4), squeeze=False)
+    span = float(result.raw_original.max())
+    for r, i in enumerate(result.train_indices):
+        orig, pert = result.raw_original[r].reshape(shape), result.raw_perturbed[r].reshape(shape)
+        diff = pert - orig
+        lim = max(1.0, float(np.abs(diff).max()))
+        for ax, img, cmap, vmin, vmax, name in (
+            (axes[r, 0], orig, "gray_r", 0, span, f"train #{i}: original"),
+            (axes[r, 1], pert, "gray_r", 0, span, f"perturbed (L∞ {np.abs(diff).max():.0f})"),
+            (axes[r, 2], diff, "RdBu_r", -lim, lim, "difference (levels)"),
+        ):
+            ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax)
+            ax.set_title(name, fontsize=8)
+    for r in range(rows):
+        ax = axes[r, 3]
+        if r < m:
+            t = result.targets[r]
+            ax.imshow(np.asarray(X_test_raw)[t].reshape(shape), cmap="gray_r", vmin=0, vmax=span)
+            state = "FLIPPED" if result.flipped[r] else "not flipped"
+            lab = f" ({labels[r]})" if labels is not None else ""
+            ax.set_title(f"test #{t}{lab}: {state}", fontsize=8, color="red" if result.flipped[r] else "black")
+        else:
+            ax.set_visible(False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title or f"training-set attack: {sum(result.flipped)}/{m} target(s) flipped after "
+                 f"{result.iterations} step(s)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_sweep(sweeps: dict[str, Sweep], path) -> None:
+    """PNG: flip rate against the number of perturbed training images, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for name, sweep in sweeps.items():
+        ks = [r.n_points for r in sweep.rows]
+        ax.plot(ks, [100 * r.flip_rate for r in sweep.rows], "o-", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("perturbed training images")
+    ax.set_ylabel("test predictions flipped (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,185 @@
+"""Reference models for the paper's §5.1/§5.2 settings, scaled down to the embedded digits.
+
+* ``frozen_network``: the stand-in for "Inception v3 with all but the top layer frozen": a small CNN
+  trained once on *other* digit classes (so it has never seen the task's images), frozen, with a
+  logistic top layer trained on the task. Only the top layer is in θ, but the model takes pixels, so
+  ``pert_loss`` differentiates through the frozen extractor down to the pixels.
+* ``rbf_svm``: an RBF-kernel SVM through scikit-learn's ``RBFSampler`` (random Fourier features,
+  k(x, x') = exp(−γ‖x − x'‖²) ≈ φ(x)·φ(x')), with a linear smooth-hinge top layer; influence is
+  computed on the linear layer over the fixed feature map φ.
+* ``pixel_logistic``: plain L2 logistic regression on the pixels.
+
+Every builder returns ``(objective, info)`` with the model trained to a minimum of its top layer.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from whybox import zoo
+from whybox.losses import SmoothHinge
+from whybox.objective import Objective
+
+
+class Affine(nn.Module):
+    """A fixed elementwise map x ↦ x·scale + shift (buffers, never trained)."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+class RandomFourierFeatures(nn.Module):
+    """φ(x) = √(2/D)·cos(xW + b) with W, b from a fitted ``sklearn.kernel_approximation.RBFSampler``."""
+
+    def __init__(self, sampler: Any, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.register_buffer("weights", torch.as_tensor(sampler.random_weights_, dtype=dtype))
+        self.register_buffer("offset", torch.as_tensor(sampler.random_offset_, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.reshape(len(x), -1) @ self.weights + self.offset
+        return (2.0 / self.weights.shape[1]) ** 0.5 * torch.cos(z)
+
+
+class NystroemFeatures(nn.Module):
+    """φ(x) = k(x, C)·N with the centres C and normaliser N = K(C, C)^(-1/2) of a fitted
+    ``sklearn.kernel_approximation.Nystroem`` (RBF kernel). With every training point as a centre,
+    φ(x)·φ(x') equals the exact kernel whenever x' is a training point, and by the representer theorem
+    the SVM's solution lies in their span: this is the kernel's exact feature map for the SVM."""
+
+    def __init__(self, nystroem: Any, gamma: float, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.gamma = float(gamma)
+        self.register_buffer("centres", torch.as_tensor(nystroem.components_, dtype=dtype))
+        self.register_buffer("norm", torch.as_tensor(nystroem.normalization_.T, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(len(x), -1)
+        d2 = (x * x).sum(1, keepdim=True) - 2 * x @ self.centres.T + (self.centres * self.centres).sum(1)
+        return torch.exp(-self.gamma * d2.clamp_min(0)) @ self.norm
+
+
+def _check_binary(split: zoo.Split) -> None:
+    if split.n_classes != 2:
+        raise ValueError(f"these use cases need a binary task; {split.name} has {split.n_classes} classes "
+                         "(load it with zoo.load('digits', classes=(a, b)))")
+
+
+def _fit_top(model: nn.Module, loss, split: zoo.Split, weight_decay: float, params: str | None) -> Objective:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        obj, _ = zoo.train(model, loss, split.X_train, split.y_train, weight_decay=weight_decay, params=params)
+    return obj
+
+
+def pretrained_extractor(
+    split: zoo.Split, pair: Sequence[int], seed: int = 0, max_iter: int = 100, weight_decay: float = 1e-3
+) -> tuple[nn.Module, float]:
+    """A small tanh CNN trained on the digit classes *not* in ``pair``, cut before its top layer and
+    frozen. It takes ``split``'s standardised flat rows. Returns ``(extractor, pretraining test accuracy)``."""
+    others = [c for c in range(10) if c not in set(pair)]
+    pre = zoo.load("digits", classes=others, seed=seed, images=True)
+    net = zoo.cnn(len(others), seed=seed)
+    # a feature extractor need not be at an exact minimum: plain L-BFGS for exactly max_iter iterations
+    # (zoo.fit runs whole blocks of 100 iterations)
+    obj = Objective(net, "cross_entropy", pre.X_train, pre.y_train, weight_decay=weight_decay)
+    theta = obj.theta.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([theta], max_iter=max_iter, history_size=50, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        value = obj.risk(theta)
+        value.backward()
+        return value
+
+    opt.step(closure)
+    obj.write_to_model(theta.detach())
+    obj = obj.with_theta(theta.detach())
+    with torch.no_grad():
+        acc = float((obj.outputs(pre.X_test).argmax(1) == pre.y_test).double().mean())
+    # split's standardised pixels -> raw -> the pretraining standardisation, then the conv layers
+    to_raw = (torch.as_tensor(split.std), torch.as_tensor(split.mean))
+    scale = to_raw[0] / torch.as_tensor(pre.std)
+    shift = (to_raw[1] - torch.as_tensor(pre.mean)) / torch.as_tensor(pre.std)
+    extractor = nn.Sequential(Affine(scale, shift), nn.Unflatten(1, (1, 8, 8)), *list(net.children())[:-1])
+    for prm in extractor.parameters():
+        prm.requires_grad_(False)
+    return extractor.eval(), acc
+
+
+def frozen_network(split: zoo.Split, extractor: nn.Module, weight_decay: float = 1e-3) -> tuple[Objective, dict]:
+    """Frozen extractor + logistic top layer (θ = the top layer only), trained on ``split``."""
+    _check_binary(split)
+    with torch.no_grad():
+        width = extractor(split.X_train[:1]).shape[1]
+    model = nn.Sequential(extractor, nn.Linear(width, 1, dtype=split.X_train.dtype))
+    obj = _fit_top(model, "logistic", split, weight_decay, params="1.")
+    return obj, {"model": "frozen CNN features + logistic top layer", "p": obj.p, "weight_decay": weight_decay}
+
+
+def pixel_logistic(split: zoo.Split, weight_decay: float = 1e-2) -> tuple[Objective, dict]:
+    """L2 logistic regression on the (standardised) pixels."""
+    _check_binary(split)
+    model = zoo.logistic_regression(split.n_features, 2)
+    obj = _fit_top(model, "logistic", split, weight_decay, params=None)
+    return obj, {"model": "logistic regression on pixels", "p": obj.p, "weight_decay": weight_decay}
+
+
+def rbf_svm(
+    split: zoo.Split, gamma: float | None = None, features: str = "exact", n_components: int = 500,
+    temperature: float = 1.0, weight_decay: float = 1e-3, seed: int = 0,
+) -> tuple[Objective, dict]:
+    """RBF-kernel SVM k(x, x') = exp(−γ‖x − x'‖²): a fixed feature map φ and a linear top layer trained
+    on SmoothHinge(temperature) (θ = the top layer), so influence is computed in φ's space.
+
+    Args:
+        gamma: defaults to scikit-learn's ``"scale"`` rule, 1 / (d · Var(X)).
+        features: ``"exact"`` — the kernel's own feature map on the span of the training points
+            (``Nystroem`` with every training point as a centre; p = n + 1); ``"rff"`` — random Fourier
+            features (``RBFSampler``, ``n_components`` of them), an approximation whose noise
+            (~1/√n_components) blurs the kernel's locality.
+        temperature: t of SmoothHinge; small t is close to the hinge, but then every point beyond
+            the margin (most test points) has a loss gradient of ≈ exp(−margin/t) ≈ 0.
+    """
+    from sklearn.kernel_approximation import Nystroem, RBFSampler
+
+    _check_binary(split)
+    X = split.X_train.reshape(len(split.X_train), -1).numpy()
+    if gamma is None:
+        gamma = 1.0 / (X.shape[1] * X.var())
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    dtype = split.X_train.dtype
+    if features == "exact":
+        phi: nn.Module = NystroemFeatures(Nystroem(gamma=gamma, n_components=len(X), random_state=seed).fit(X), gamma, dtype)
+        width, what = len(X), "exact feature map"
+    elif features == "rff":
+        phi = RandomFourierFeatures(RBFSampler(gamma=gamma, n_components=n_components, random_state=seed).fit(X), dtype)
+        width, what = n_components, f"{n_components} random Fourier features"
+    else:
+        raise ValueError(f"features must be 'exact' or 'rff', got {features!r}")
+    model = nn.Sequential(phi, nn.Linear(width, 1, dtype=dtype))
+    obj = _fit_top(model, SmoothHinge(temperature), split, weight_decay, params="1.")
+    return obj, {"model": f"RBF SVM (γ={gamma:.3g}, {what}, SmoothHinge t={temperature})",
+                 "p": obj.p, "weight_decay": weight_decay, "gamma": float(gamma)}
+
+
+def accuracy(objective: Objective, X, y, theta: torch.Tensor | None = None) -> float:
+    """Binary accuracy of a one-score model (score > 0 ⇒ class 1)."""
+    return float((predict(objective, X, theta) == torch.as_tensor(y)).double().mean())
+
+
+def predict(objective: Objective, X, theta: torch.Tensor | None = None) -> torch.Tensor:
+    """0/1 predictions of a one-score model at θ (default θ̂)."""
+    with torch.no_grad():
+        return (objective.outputs(torch.as_tensor(X), theta).reshape(-1) > 0).long()

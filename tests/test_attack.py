@@ -1,0 +1,135 @@
+"""Training-set attacks: the projection, the attack loop against retraining, the frozen-head shortcut."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import whybox
+from whybox import zoo
+from whybox.applications.attack import FrozenPrefix, PixelGrid, attack, attack_each, select_points
+from whybox.applications.model_setups import frozen_network, pixel_logistic
+
+
+@pytest.fixture(scope="module")
+def split():
+    return zoo.load("digits", classes=(1, 7))
+
+
+@pytest.fixture(scope="module")
+def logistic(split):
+    return pixel_logistic(split)[0]
+
+
+def test_grid_roundtrip_and_projection(split):
+    grid = PixelGrid.from_split(split)
+    assert (grid.low, grid.high) == (0.0, 16.0)
+    raw = grid.to_raw(split.X_train[:5])
+    assert np.allclose(raw.numpy(), split.raw_train[:5])
+    assert torch.allclose(grid.to_model(raw, split.X_train[:5]), split.X_train[:5])
+    moved = grid.project(raw + torch.randn_like(raw) * 5, raw, epsilon=2)
+    assert torch.equal(moved, moved.round())
+    assert moved.min() >= 0 and moved.max() <= 16
+    assert (moved - raw).abs().max() <= 2
+
+
+def _risk_grad_norm(obj, X, theta):
+    th = theta.clone().requires_grad_(True)
+    return torch.autograd.grad(obj.with_data(X, obj.y).risk(th), th)[0].norm().item()
+
+
+def test_attack_stays_on_grid_and_raises_the_retrained_test_loss(split, logistic):
+    grid = PixelGrid.from_split(split)
+    r = attack(logistic, split.X_test, split.y_test, [3], grid, n_points=2, epsilon=2, iterations=3,
+               stop_when_flipped=False)
+    pert, orig = r.raw_perturbed, r.raw_original
+    assert np.array_equal(pert, np.round(pert)) and pert.min() >= 0 and pert.max() <= 16
+    assert np.abs(pert - orig).max() <= 2 and r.linf.max() == 2
+    assert np.allclose(orig, split.raw_train[r.train_indices])
+    assert r.loss_after[0] > 1.2 * r.loss_before[0]  # ground truth: the retrained model, not a prediction
+    # θ is a real optimum of the poisoned training set
+    X = split.X_train.clone()
+    X[r.train_indices] = grid.to_model(torch.as_tensor(pert), X[r.train_indices])
+    assert _risk_grad_norm(logistic, X, r.theta) < 1e-6
+    assert np.isclose(logistic.losses(split.X_test[3:4], split.y_test[3:4], r.theta).item(), r.loss_after[0])
+
+
+def test_first_step_matches_the_influence_prediction(split, logistic):
+    grid = PixelGrid.from_split(split)
+    r = attack(logistic, split.X_test, split.y_test, [7], grid, n_points=1, epsilon=1, iterations=1)
+    inf = whybox.InfluenceFunction(logistic).fit()
+    g = grid.raw_gradient(inf.pert_loss(split.X_test[7:8], split.y_test[7:8], r.train_indices)[0])
+    delta = torch.as_tensor(r.raw_perturbed - r.raw_original)
+    predicted = (g * delta).sum().item() / logistic.n  # first-order test-loss change, per raw level
+    actual = r.loss_after[0] - r.loss_before[0]
+    assert predicted > 0 and actual > 0
+    # a whole grid level on every pixel is no small step (up to 1/std in standardised units), so
+    # only sign and order of magnitude are first-order accurate
+    assert 0.25 < actual / predicted < 4
+
+
+def test_frozen_prefix_refit_equals_full_retraining(split):
+    torch.manual_seed(0)
+    ext = nn.Sequential(nn.Linear(64, 12, dtype=torch.float64), nn.Tanh())
+    for prm in ext.parameters():
+        prm.requires_grad_(False)
+    model = nn.Sequential(ext, nn.Linear(12, 1, dtype=torch.float64))
+    obj, _ = zoo.train(model, "logistic", split.X_train, split.y_train, weight_decay=1e-2, params="1.")
+    head = FrozenPrefix.of(obj)
+    assert head is not None
+    X = obj.X.clone()
+    X[[4, 9]] += 0.7
+    moved = obj.with_data(X, obj.y)
+    fast = head.refit(moved, [4, 9], tol=1e-10)
+    full = zoo.fit(moved, tol=1e-10).theta
+    assert torch.allclose(fast, full, atol=1e-6)
+    assert FrozenPrefix.of(pixel_logistic(split)[0]) is None  # plain Linear: no shortcut
+
+
+class Nearest:
+    """A toy Attributor: training points closer to the test input score higher."""
+
+    def __init__(self, X):
+        self.X = X
+
+    def scores(self, X_test, y_test):
+        return -torch.cdist(X_test.reshape(len(X_test), -1), self.X)
+
+    def self_scores(self):
+        return torch.zeros(len(self.X))
+
+
+def test_any_attributor_picks_the_points(split, logistic):
+    sel = Nearest(split.X_train)
+    far = select_points(sel, split.X_test[:1], split.y_test[:1], 3)  # largest |score| = farthest
+    d = torch.cdist(split.X_test[:1], split.X_train)[0]
+    assert far == torch.argsort(d, descending=True)[:3].tolist()
+    r = attack(logistic, split.X_test, split.y_test, [0], PixelGrid.from_split(split), n_points=3,
+               iterations=1, selector=sel)
+    assert r.train_indices == far
+
+
+def test_sweep_counts_and_frozen_network(split):
+    torch.manual_seed(0)
+    ext = nn.Sequential(nn.Linear(64, 16, dtype=torch.float64), nn.Tanh())
+    for prm in ext.parameters():
+        prm.requires_grad_(False)
+    obj = frozen_network(split, ext)[0]
+    sweep = attack_each(obj, split.X_test, split.y_test, PixelGrid.from_split(split), budgets=(1, 3),
+                        max_targets=3, iterations=2, progress=False)
+    assert [r.n_points for r in sweep.rows] == [1, 3] and all(r.attacked == 3 for r in sweep.rows)
+    for row in sweep.rows:
+        assert row.flipped == sum(a.all_flipped for a in sweep.attacks[row.n_points])
+        assert 0 < row.mean_linf <= 2 and 0.9 < row.acc_others_before <= 1
+
+
+def test_bad_input(split, logistic):
+    grid = PixelGrid.from_split(split)
+    with pytest.raises(ValueError, match="step"):
+        attack(logistic, split.X_test, split.y_test, [0], grid, step=0.2)
+    with pytest.raises(ValueError, match="targets"):
+        attack(logistic, split.X_test, split.y_test, [10_000], grid)
+    with pytest.raises(TypeError, match="Attributor"):
+        attack(logistic, split.X_test, split.y_test, [0], grid, selector=object())
+    with pytest.raises(ValueError, match="high > low"):
+        PixelGrid(low=3, high=1)
