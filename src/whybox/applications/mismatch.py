@@ -44,11 +44,14 @@ class ReadmissionConfig:
     n_children_test: int = 40
     child_readmit_rate: float = 0.125  # paper: 3 of 24
     children_removed: int = 20  # non-readmitted children dropped from training (paper: 20)
-    n_diagnoses: int = 40  # binary diagnosis-group flags
-    n_medications: int = 24  # binary medication flags
+    n_diagnoses: int = 30  # binary diagnosis-group flags
+    n_medications: int = 16  # binary medication flags
     n_labs: int = 20  # continuous lab values
     n_hospitals: int = 12  # one-hot admitting-hospital group
-    signal: float = 0.6  # std of the true adult coefficients
+    signal: float = 1.5  # std of the true adult coefficients
+    categorical_signal: float = 0.3  # scale of the true coefficients of one-hot categories (race, admission, ...)
+    child_comorbidity: float = 0.1  # children's diagnosis/medication prevalence, relative to adults'
+    child_spread: float = 0.2  # children's count/lab features ~ N(0, child_spread²) (adults: N(0, 1))
     adult_readmit_rate: float = 0.5  # balanced, as in the paper's data
 
     def __post_init__(self) -> None:
@@ -101,14 +104,16 @@ def _patients(rng: np.random.Generator, cfg: ReadmissionConfig, n: int, child: b
     for group in ("race",):
         k = len(CATEGORICAL[group])
         cols.append(np.eye(k)[rng.choice(k, n, p=probs[group])])
-    cols.append(rng.standard_normal((n, len(COUNTS))))  # standardised counts
+    spread = cfg.child_spread if child else 1.0
+    cols.append(spread * rng.standard_normal((n, len(COUNTS))))  # standardised counts
     for group in ("admission_type", "discharge", "admission_source", "payer"):
         k = len(CATEGORICAL[group])
         cols.append(np.eye(k)[rng.choice(k, n, p=probs[group])])
     cols.append(np.eye(cfg.n_hospitals)[rng.choice(cfg.n_hospitals, n, p=probs["hospital"])])
-    cols.append((rng.random((n, cfg.n_diagnoses)) < probs["diag"]).astype(float))
-    cols.append((rng.random((n, cfg.n_medications)) < probs["med"]).astype(float))
-    cols.append(rng.standard_normal((n, cfg.n_labs)))
+    rate = cfg.child_comorbidity if child else 1.0
+    cols.append((rng.random((n, cfg.n_diagnoses)) < rate * probs["diag"]).astype(float))
+    cols.append((rng.random((n, cfg.n_medications)) < rate * probs["med"]).astype(float))
+    cols.append(spread * rng.standard_normal((n, cfg.n_labs)))
     return np.concatenate(cols, axis=1)
 
 
@@ -148,6 +153,8 @@ def make_readmission(config: Optional[ReadmissionConfig] = None) -> Readmission:
     names = feature_names(cfg)
     w = rng.normal(0.0, cfg.signal, len(names)) / np.sqrt(len(names) / 25)
     w[: len(AGE_BINS)] = 0.0
+    onehot = np.array([any(n.startswith(g + "_") for g in (*CATEGORICAL, "hospital")) for n in names])
+    w[onehot] *= cfg.categorical_signal
 
     def adults(n: int) -> tuple[np.ndarray, np.ndarray]:
         X = _patients(rng, cfg, n, False, probs)
@@ -239,7 +246,7 @@ def _fit_lr(X: np.ndarray, y: np.ndarray, weight_decay: float) -> tuple[Objectiv
     t = lambda a: torch.as_tensor(a)  # noqa: E731
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        obj, res = zoo.train(zoo.logistic_regression(X.shape[1], 2), "logistic", t(X), t(y), weight_decay)
+        obj, res = zoo.train(zoo.logistic_regression(X.shape[1], 2), "logistic", t(X), t(y), weight_decay, tol=1e-8)
     return obj, res.grad_norm
 
 
@@ -277,7 +284,9 @@ def debug_mismatch(
         if len(wrong) == 0:
             raise ValueError("the model gets every test child right: no symptom to debug (lower weight_decay, or "
                              "raise children_removed)")
-        test_index = int(np.random.default_rng(seed).choice(wrong))
+        # the symptom of the mismatch: non-readmitted children predicted readmitted; prefer those
+        symptomatic = wrong[data.y_test[wrong] == 0]
+        test_index = int(np.random.default_rng(seed).choice(symptomatic if len(symptomatic) else wrong))
     if not 0 <= test_index < len(data.y_test):
         raise ValueError(f"test_index must be in [0, {len(data.y_test)}), got {test_index}")
     if test_index not in set(wrong.tolist()):
