@@ -50,8 +50,9 @@ class ReadmissionConfig:
     n_hospitals: int = 12  # one-hot admitting-hospital group
     signal: float = 1.5  # std of the true adult coefficients
     categorical_signal: float = 0.3  # scale of the true coefficients of one-hot categories (race, admission, ...)
-    child_comorbidity: float = 0.1  # children's diagnosis/medication prevalence, relative to adults'
-    child_spread: float = 0.2  # children's count/lab features ~ N(0, child_spread²) (adults: N(0, 1))
+    child_comorbidity: float = 0.02  # children's diagnosis/medication prevalence, relative to adults'
+    child_spread: float = 0.05  # children's count/lab features ~ N(0, child_spread²) (adults: N(0, 1))
+    child_typical: float = 0.95  # probability that a child has its group's pediatric category (race excepted)
     adult_readmit_rate: float = 0.5  # balanced, as in the paper's data
 
     def __post_init__(self) -> None:
@@ -96,20 +97,28 @@ def feature_names(cfg: ReadmissionConfig) -> list[str]:
 
 
 def _patients(rng: np.random.Generator, cfg: ReadmissionConfig, n: int, child: bool, probs: dict) -> np.ndarray:
-    """Feature rows for n patients (children: the child age bin; adults: another age bin)."""
+    """Feature rows for n patients (children: the child age bin; adults: another age bin).
+
+    Children are more alike than adults: few diagnoses and medications (``child_comorbidity``),
+    counts and labs near the mean (``child_spread``), and mostly one pediatric category per
+    administrative group (``child_typical``).
+    """
+    def categories(group: str, k: int) -> np.ndarray:
+        p = probs[group]
+        if child:
+            p = (1 - cfg.child_typical) * p + cfg.child_typical * np.eye(k)[probs[group + "_child"]]
+        return np.eye(k)[rng.choice(k, n, p=p)]
+
     cols = []
     age = np.zeros((n, len(AGE_BINS)))
     age[np.arange(n), 0 if child else rng.integers(1, len(AGE_BINS), n)] = 1
     cols += [age, (rng.random((n, 1)) < 0.47).astype(float)]
-    for group in ("race",):
-        k = len(CATEGORICAL[group])
-        cols.append(np.eye(k)[rng.choice(k, n, p=probs[group])])
+    cols.append(np.eye(len(CATEGORICAL["race"]))[rng.choice(len(CATEGORICAL["race"]), n, p=probs["race"])])
     spread = cfg.child_spread if child else 1.0
     cols.append(spread * rng.standard_normal((n, len(COUNTS))))  # standardised counts
     for group in ("admission_type", "discharge", "admission_source", "payer"):
-        k = len(CATEGORICAL[group])
-        cols.append(np.eye(k)[rng.choice(k, n, p=probs[group])])
-    cols.append(np.eye(cfg.n_hospitals)[rng.choice(cfg.n_hospitals, n, p=probs["hospital"])])
+        cols.append(categories(group, len(CATEGORICAL[group])))
+    cols.append(categories("hospital", cfg.n_hospitals))
     rate = cfg.child_comorbidity if child else 1.0
     cols.append((rng.random((n, cfg.n_diagnoses)) < rate * probs["diag"]).astype(float))
     cols.append((rng.random((n, cfg.n_medications)) < rate * probs["med"]).astype(float))
@@ -148,6 +157,8 @@ def make_readmission(config: Optional[ReadmissionConfig] = None) -> Readmission:
     dirichlet = lambda k: rng.dirichlet(np.full(k, 2.0))  # noqa: E731
     probs = {g: dirichlet(len(c)) for g, c in CATEGORICAL.items()}
     probs["hospital"] = dirichlet(cfg.n_hospitals)
+    for g in ("admission_type", "discharge", "admission_source", "payer", "hospital"):
+        probs[g + "_child"] = int(rng.integers(len(probs[g])))
     probs["diag"] = rng.uniform(0.02, 0.4, cfg.n_diagnoses)
     probs["med"] = rng.uniform(0.02, 0.4, cfg.n_medications)
     names = feature_names(cfg)
