@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--sweep-wd", default="0.0001,0.001,0.01,0.1", help="weight decays for the detection sweep ('' = skip)")
     ap.add_argument("--sweep-repeats", type=int, default=5)
     ap.add_argument("--sweep-problems", default="digits,breast_cancer,spam")
+    ap.add_argument("--cv-folds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="whybox-out/mislabeled")
     ap.add_argument("--no-progress", action="store_true")
@@ -53,7 +54,7 @@ def main() -> None:
     fine = [float(x) for x in a.acc_fractions.split(",")]
     coarse = [float(x) for x in a.coarse_acc_fractions.split(",")]
     results, summary = [], {}
-    for name in a.problems.split(","):
+    for name in [p for p in a.problems.split(",") if p]:
         pr = load_problem(name, weight_decay=a.weight_decay, spam_options=spam)
         perm = torch.randperm(len(pr.y_test), generator=torch.Generator().manual_seed(0))
         trusted_idx, test_idx = perm[: a.n_trusted], perm[a.n_trusted:]
@@ -63,7 +64,7 @@ def main() -> None:
         t = time.perf_counter()
         res = fix_mislabeled(pr, rankings=DEFAULT_RANKINGS, repeats=reps, trusted=trusted,
                              acc_fractions=coarse if name in ("digits_mlp", "spam") else fine,
-                             progress=not a.no_progress)
+                             cv_folds=a.cv_folds, progress=not a.no_progress)
         wall = time.perf_counter() - t
         paths = res.save(out)
         results.append(res)
@@ -75,18 +76,19 @@ def main() -> None:
         print(format_table(res, (0.05, 0.1, 0.2, 0.3)))
         print(f"-> {paths['png']}")
         summary[name] = res.to_dict()["table"]
-    print("\n## best ranking at 10% checked (by mean flips found):", recommend(results))
+    if results:
+        print("\n## best ranking at 10% checked (by mean flips found):", recommend(results))
 
     sweep = {}
     if a.sweep_wd:
         print("\n## weight-decay sweep (detection only): fraction of flips found at 10% checked, mean ± std")
         names = ["self_influence", "influence_loo", "train_loss", "cv_loss", "cleanlab", "random"]
         print(f"{'problem':<14}{'wd':>8}" + "".join(f"{n:>16}" for n in names))
-        for name in a.sweep_problems.split(","):
+        for name in [p for p in a.sweep_problems.split(",") if p]:
             for wd in [float(x) for x in a.sweep_wd.split(",")]:
                 pr = load_problem(name, weight_decay=wd, spam_options=spam)
                 res = fix_mislabeled(pr, rankings=names, repeats=a.sweep_repeats, acc_fractions=None,
-                                     progress=False, seed=100)
+                                     cv_folds=a.cv_folds, progress=False, seed=100)
                 cells = "".join(f"{res.found_at(r, 0.1)[0]:>10.3f}±{res.found_at(r, 0.1)[1]:<5.3f}"
                                 if r in res.found else f"{'-':>16}" for r in names)
                 print(f"{name:<14}{wd:>8g}{cells}", flush=True)

@@ -254,10 +254,23 @@ class MismatchDiagnosis:
 
 
 def _fit_lr(X: np.ndarray, y: np.ndarray, weight_decay: float) -> tuple[Objective, float]:
+    """L2 logistic regression to ‖∇R‖ ≤ 1e-8: scikit-learn's L-BFGS (C = 1/(w·n), bias penalised
+    like the weights via a constant column) for a warm start, then whybox's full-batch L-BFGS."""
+    from sklearn.linear_model import LogisticRegression
+
+    n, d = X.shape
+    model = zoo.logistic_regression(d, 2)
+    if weight_decay > 0:
+        ones = np.ones((n, 1))
+        sk = LogisticRegression(C=1.0 / (weight_decay * n), fit_intercept=False, max_iter=2000, tol=1e-8)
+        sk.fit(np.hstack([X, ones]), y)
+        with torch.no_grad():
+            model.weight.copy_(torch.as_tensor(sk.coef_[:, :d]))
+            model.bias.copy_(torch.as_tensor(sk.coef_[:, d]))
     t = lambda a: torch.as_tensor(a)  # noqa: E731
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        obj, res = zoo.train(zoo.logistic_regression(X.shape[1], 2), "logistic", t(X), t(y), weight_decay, tol=1e-8)
+        obj, res = zoo.train(model, "logistic", t(X), t(y), weight_decay, tol=1e-8)
     return obj, res.grad_norm
 
 
