@@ -37,7 +37,7 @@ def main() -> None:
     print(f"# machine: {platform.platform()}, python {sys.version.split()[0]}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}")
     rows, first = [], True
-    head = (f"{'seed':>4} {'wd':>7} {'children ranks':>15} {'factor':>7} {'coef rank':>9} {'pert rank':>9} "
+    head = (f"{'seed':>4} {'wd':>7} {'children ranks':>15} {'factor':>7} {'coef rank':>9} {'pert rank':>9} {'raw':>4} "
             f"{'acc kids':>8} {'(no mism.)':>10} {'acc adults':>10} {'s':>5}")
     for seed in [int(s) for s in a.seeds.split(",")]:
         data = make_readmission(ReadmissionConfig(seed=seed, n_train=a.n_train, n_test=a.n_test))
@@ -53,10 +53,10 @@ def main() -> None:
                 print(head)
                 first = False
             print(f"{seed:>4} {wd:>7.0e} {str(diag.children_ranks):>15} {diag.factor:>6.1f}x {diag.coef_rank:>9} "
-                  f"{diag.pert_child_rank:>9} {diag.accuracy_children:>8.3f} {diag.accuracy_children_no_mismatch:>10.3f} "
+                  f"{diag.pert_child_rank:>9} {diag.pert_child_rank_raw:>4} {diag.accuracy_children:>8.3f} {diag.accuracy_children_no_mismatch:>10.3f} "
                   f"{diag.accuracy_adults:>10.3f} {sec:>5.0f}", flush=True)
             rows.append(dict(seed=seed, weight_decay=wd, children_ranks=diag.children_ranks, factor=diag.factor,
-                             coef_rank=diag.coef_rank, pert_child_rank=diag.pert_child_rank,
+                             coef_rank=diag.coef_rank, pert_child_rank=diag.pert_child_rank, pert_child_rank_raw=diag.pert_child_rank_raw,
                              accuracy_children=diag.accuracy_children,
                              accuracy_children_no_mismatch=diag.accuracy_children_no_mismatch,
                              accuracy_adults=diag.accuracy_adults, seconds=sec))

@@ -214,8 +214,9 @@ class MismatchDiagnosis:
     coef_child: float
     coef_rank: int  # 1-based rank of |θ_child| among the feature coefficients
     coef_top: list[tuple[str, float]]
-    pert_top: list[tuple[str, float]]  # features by mean |I_pert,loss| over the training children
-    pert_child_rank: int
+    pert_top: list[tuple[str, float]]  # features by mean |I_pert,loss·x| over the training children
+    pert_child_rank: int  # 1-based rank of the child indicator by mean |I_pert,loss·x| (contribution)
+    pert_child_rank_raw: int  # ... by mean |I_pert,loss| alone (sensitivity, ignores that x_j = 0)
     grad_norm: float
     attributor: str
     notes: list[str] = field(default_factory=list)
@@ -240,8 +241,9 @@ class MismatchDiagnosis:
                          f"influence={row['influence']:+.3e}")
         lines.append(f"2. Coefficients alone: |θ_child| = {abs(self.coef_child):.3f} ranks {self.coef_rank} of "
                      f"{len(c['feature_names'])} (top: " + ", ".join(f"{n} {v:+.2f}" for n, v in self.coef_top[:4]) + ")")
-        lines.append(f"3. I_pert,loss over the {k} training children: child indicator ranks {self.pert_child_rank}; top "
-                     "features: " + ", ".join(f"{n} ({v:.2g})" for n, v in self.pert_top[:4]))
+        lines.append(f"3. I_pert,loss·x over the {k} training children (each feature's contribution to their influence): "
+                     f"child indicator ranks {self.pert_child_rank} (by |I_pert,loss| alone: {self.pert_child_rank_raw}); "
+                     "top: " + ", ".join(f"{n} ({v:.2g})" for n, v in self.pert_top[:4]))
         verdict = ("-> the training set lacks non-readmitted children: the model learned 'child => readmitted' "
                    "from a handful of points" if self.pert_child_rank == 1 and self.children_ranks == list(range(1, k + 1))
                    else "-> see the ranks above")
@@ -334,8 +336,12 @@ def debug_mismatch(
     inf_fn = att if hasattr(att, "pert_loss") else InfluenceFunction(obj, Exact()).fit()
     if inf_fn is not att:
         notes.append("the attributor has no pert_loss: I_pert,loss used InfluenceFunction(Exact())")
-    pert = inf_fn.pert_loss(xt, yt, kids.tolist())[0].abs().mean(0).numpy()  # [d]
+    raw = inf_fn.pert_loss(xt, yt, kids.tolist())[0].numpy()  # [k, d]
+    # contribution of feature j to child i's influence: I_pert,loss[j]·x_ij (gradient × input: the
+    # first-order change of the influence if the feature were set to 0)
+    pert = np.abs(raw * data.X_train[kids]).mean(0)
     pert_order = np.argsort(-pert, kind="stable")
+    raw_order = np.argsort(-np.abs(raw).mean(0), kind="stable")
     names = data.feature_names
     return MismatchDiagnosis(
         config={**asdict(data.config), "feature_names": names}, weight_decay=weight_decay, test_index=test_index,
@@ -346,7 +352,8 @@ def debug_mismatch(
         children_ranks=sorted(rank[kids].tolist()), factor=factor, coef_child=float(coef[c]), coef_rank=coef_rank,
         coef_top=[(names[i], float(coef[i])) for i in coef_order[:top]],
         pert_top=[(names[i], float(pert[i])) for i in pert_order[:top]],
-        pert_child_rank=int(np.flatnonzero(pert_order == c)[0]) + 1, grad_norm=gnorm,
+        pert_child_rank=int(np.flatnonzero(pert_order == c)[0]) + 1,
+        pert_child_rank_raw=int(np.flatnonzero(raw_order == c)[0]) + 1, grad_norm=gnorm,
         attributor=getattr(factory, "description", "InfluenceFunction(Exact)") if attributor is None
         else getattr(attributor, "description", type(att).__name__), notes=notes,
     )
@@ -372,7 +379,7 @@ def plot_mismatch(diag: MismatchDiagnosis, infl_abs_sorted: Optional[np.ndarray]
     axes[1].barh(range(len(names))[::-1], [v for _, v in diag.pert_top],
                  color=["tab:red" if n.startswith("age_child") else "tab:gray" for n in names])
     axes[1].set_yticks(range(len(names))[::-1], names, fontsize=7)
-    axes[1].set(xlabel="mean |I_pert,loss| over training children", title="which feature drives it")
+    axes[1].set(xlabel="mean |I_pert,loss · x| over the training children", title="which feature drives it")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
