@@ -15,9 +15,9 @@ first):
                     assumes the attributor's self scores are in influence units).
 ``train_loss``      L(zᵢ, θ̂) (paper's baseline).
 ``cv_loss``         out-of-sample loss from K-fold cross-validation (K retrainings).
-``trusted``         −Σ_v I_up,loss... summed over a small trusted (clean) validation set: the
-                    points whose up-weighting raises the trusted loss most come first
-                    (``-scores(X_trusted, y_trusted).sum(0)``); only with a trusted set.
+``trusted``         Σ_v I_up,loss(zᵢ, v)/n over a small trusted (clean) validation set, i.e.
+                    ``-scores(X_trusted, y_trusted).sum(0)``: the points whose up-weighting raises
+                    the trusted loss most come first; only with a trusted set.
 ``cleanlab``        cleanlab's ``find_label_issues`` on the cross-validated probabilities
                     (issues ranked by self-confidence first, then the rest by label quality);
                     only when cleanlab is installed (``pip install cleanlab``).

@@ -354,12 +354,12 @@ def debug_mismatch(
         pert_top=[(names[i], float(pert[i])) for i in pert_order[:top]],
         pert_child_rank=int(np.flatnonzero(pert_order == c)[0]) + 1,
         pert_child_rank_raw=int(np.flatnonzero(raw_order == c)[0]) + 1, grad_norm=gnorm,
-        attributor=getattr(factory, "description", "InfluenceFunction(Exact)") if attributor is None
-        else getattr(attributor, "description", type(att).__name__), notes=notes,
+        attributor=getattr(factory, "description", "InfluenceFunction(Exact)" if attributor is None else type(att).__name__),
+        notes=notes,
     )
 
 
-def plot_mismatch(diag: MismatchDiagnosis, infl_abs_sorted: Optional[np.ndarray], path: str | Path) -> Path:
+def plot_mismatch(diag: MismatchDiagnosis, path: str | Path) -> Path:
     """Bar charts: top training points by |influence| (children highlighted), and features by
     mean |I_pert,loss| over the training children."""
     import matplotlib
@@ -393,5 +393,5 @@ def save_mismatch(diag: MismatchDiagnosis, out_dir: str | Path) -> dict[str, Pat
     paths = {"json": out / "mismatch.json", "png": out / "mismatch.png", "txt": out / "mismatch.txt"}
     paths["json"].write_text(json.dumps(diag.to_dict(), indent=1))
     paths["txt"].write_text(diag.summary() + "\n")
-    plot_mismatch(diag, None, paths["png"])
+    plot_mismatch(diag, paths["png"])
     return paths

@@ -40,8 +40,7 @@ def mislabeled(
     out: Path = typer.Option(Path("whybox-out/mislabeled"), help="Directory for the PNG, JSON and CSV."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Flip labels, rank training points for checking (self-influence, losses, cleanlab, random),
-    fix the checked ones and retrain: paper §5.4, Fig 6."""
+    """Flip labels, rank training points for checking (self-influence, losses, cleanlab, random), fix the checked ones and retrain: paper §5.4, Fig 6."""
     from whybox.applications.mislabeled import (
         PROBLEMS, RANKINGS, fix_mislabeled, format_table, influence_factory, load_problem,
     )
@@ -101,8 +100,7 @@ def mismatch(
     test_index: Optional[int] = typer.Option(None, help="Test point to explain (default: a random wrong child)."),
     out: Path = typer.Option(Path("whybox-out/mismatch"), help="Directory for mismatch.png/.json/.txt."),
 ) -> None:
-    """Generate a readmission population missing most non-readmitted children, train logistic
-    regression and diagnose a wrongly predicted test child: paper §5.3."""
+    """Generate a readmission population missing most non-readmitted children, train logistic regression and diagnose a wrongly predicted test child: paper §5.3."""
     from whybox.applications.mismatch import ReadmissionConfig, debug_mismatch, make_readmission, save_mismatch
 
     try:
