@@ -1,4 +1,4 @@
-"""Applications of training-data attribution (Koh & Liang 2017, §5)."""
+"""Use cases of influence functions (paper §5): label fixing, domain-mismatch debugging,
+training-set attacks, comparing models. Each takes any ``Attributor``."""
 
-from whybox.applications import attack  # noqa: F401
-from whybox.applications import compare  # noqa: F401
+from whybox.applications import attack, compare, mislabeled, mismatch  # noqa: F401
