@@ -106,9 +106,8 @@ def section_mlp(args) -> list[dict]:
     diag = inf.curvature.diagnostics
     print(f"digits MLP 64-32-10: p={obj.p}, ‖∇R‖={res.grad_norm:.1e}, H eigenvalues "
           f"[{diag['min_eigenvalue']:.3g}, {diag['max_eigenvalue']:.3g}] with damping {args.mlp_damping}")
-    k = max(1, args.tests // 2 + 1)
-    rows = validate(inf, d.X_test, d.y_test, highest_loss(obj, d, k), top_k=args.top_k // 2, random_k=args.random_k // 2,
-                    progress=PROGRESS)
+    rows = validate(inf, d.X_test, d.y_test, highest_loss(obj, d, args.mlp_tests), top_k=args.mlp_k, random_k=args.mlp_k,
+                    progress=PROGRESS, tol=1e-7)
     return summarise(rows, f"digits MLP, damping {args.mlp_damping}")
 
 
@@ -242,12 +241,14 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=100, help="most influential training points per test point")
     ap.add_argument("--random-k", type=int, default=100, help="random training points per test point")
     ap.add_argument("--mlp-damping", type=float, default=0.01)
+    ap.add_argument("--mlp-tests", type=int, default=2, help="test points for the MLP table (its retraining is slow)")
+    ap.add_argument("--mlp-k", type=int, default=20, help="top and random training points per MLP test point")
     ap.add_argument("--temperatures", type=float, nargs="*", default=[0.0, 0.001, 0.01, 0.1])
     ap.add_argument("--quick", action="store_true", help="small sizes: 2 test points, 10 + 10 training points")
     ap.add_argument("--out", default="whybox-out/bench_influence")
     args = ap.parse_args()
     if args.quick:
-        args.tests, args.top_k, args.random_k = 2, 10, 10
+        args.tests, args.top_k, args.random_k, args.mlp_tests, args.mlp_k = 2, 10, 10, 1, 5
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(machine_info())

@@ -83,18 +83,19 @@ def validate(
     seed: int = 0,
     progress: bool = True,
     ground_truth: Optional[Objective] = None,
+    tol: float = 1e-10,
 ) -> list[ValidationRow]:
     """Compare predicted and actual leave-one-out changes for each test point.
 
     ``ground_truth`` is the objective retrained for the actual change (default: the influence's
-    own). Pass a different one to score e.g. a smooth-hinge influence against hinge retraining.
+    own). ``tol`` is the gradient norm each retraining must reach.
     """
     truth = ground_truth or influence.objective
     rows = []
     for j in test_indices:
         x, y = X_test[j : j + 1], y_test[j : j + 1]
         for subset, idx in select_points(influence, x, y, top_k, random_k, seed).items():
-            actual = loo_ground_truth(truth, x, y, idx, progress=progress)[0]
+            actual = loo_ground_truth(truth, x, y, idx, tol=tol, progress=progress)[0]
             for order in orders:
                 pred = influence.removal_effect(x, y, idx, order=order)[0]
                 r, s = correlations(pred, actual)
