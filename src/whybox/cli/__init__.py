@@ -6,6 +6,7 @@ import sys
 
 from whybox.cli._app import BadInput, app
 from whybox.cli import explain  # noqa: F401  (registers verbs)
+from whybox.cli import saliency  # noqa: F401
 
 __all__ = ["app", "main", "BadInput"]
 

@@ -8,6 +8,7 @@ baselines behind the same call shape, and the metrics that judge them.
 """
 
 from whybox.saliency._common import SaliencyResult, gaussian_blur, overlay, prepare
+from whybox.saliency.io import load_image, load_model, save_result
 from whybox.saliency.baselines import METHODS, GradientSaliency, GradientXInput, Occlusion, RandomSaliency, make_method
 from whybox.saliency.metrics import Curve, deletion_curve, insertion_curve, iou_top_area, mask_iou, pointing_game
 from whybox.saliency.perturbation import MeaningfulPerturbation, PerturbationResult, perturbation_reference, shift_images
@@ -16,5 +17,5 @@ __all__ = [
     "MeaningfulPerturbation", "PerturbationResult", "SaliencyResult", "GradientSaliency", "GradientXInput",
     "Occlusion", "RandomSaliency", "make_method", "METHODS", "deletion_curve", "insertion_curve", "Curve",
     "pointing_game", "iou_top_area", "mask_iou", "perturbation_reference", "shift_images", "gaussian_blur",
-    "overlay", "prepare",
+    "overlay", "prepare", "load_image", "load_model", "save_result",
 ]

@@ -104,6 +104,9 @@ class MeaningfulPerturbation:
       l1: λ₁ (1e-4), tv: λ₂ (1e-2), beta: β (3), both applied to a 28×28-equivalent sum.
       mask_size: side of the optimised mask (default H·28/224, but at least 8 cells) — upsampled bilinearly;
         mask_smooth: optional Gaussian smoothing σ (px) of the upsampled mask.
+      ftol: L-BFGS-B's relative-decrease stopping tolerance (1e-6: float32 models cannot resolve less).
+      init: the mask's starting value (0.5: at m = 1 a confident model's softmax is saturated and
+        its gradient vanishes).
       jitter: maximum shift τ in pixels (default 4·H/224 rounded, at least 1; 0 disables);
         n_jitter: jitter samples averaged per step.
       progress: tqdm bar over iterations.
@@ -114,7 +117,7 @@ class MeaningfulPerturbation:
                  iterations: int = 300, lr: float = 0.1, l1: float = 1e-4, tv: float = 1e-2, beta: float = 3.0,
                  mask_size: Optional[int] = None, mask_smooth: float = 0.0, jitter: Optional[int] = None,
                  n_jitter: int = 1, blur_sigma: Optional[float] = None, noise_std: float = 1.0,
-                 init: float = 0.5, seed: int = 0, progress: bool = False) -> None:
+                 init: float = 0.5, ftol: float = 1e-6, seed: int = 0, progress: bool = False) -> None:
         if perturbation not in ("blur", "constant", "noise"):
             raise ValueError(f"perturbation must be 'blur', 'constant' or 'noise', got {perturbation!r}")
         if mode not in ("delete", "preserve"):
@@ -132,6 +135,8 @@ class MeaningfulPerturbation:
         self.iterations, self.lr, self.l1, self.tv, self.beta = iterations, lr, l1, tv, beta
         self.mask_size, self.mask_smooth, self.jitter, self.n_jitter = mask_size, mask_smooth, jitter, n_jitter
         self.blur_sigma, self.noise_std, self.init, self.seed, self.progress = blur_sigma, noise_std, init, seed, progress
+        self.ftol = ftol
+        self._lbfgs_message = ""
 
     # -- scaled defaults -------------------------------------------------------------------------
     def settings(self, height: int, width: int) -> dict:
@@ -221,8 +226,9 @@ class MeaningfulPerturbation:
 
         v0 = np.full(int(np.prod(shape)), self.init, dtype=np.float64)
         res = minimize(fun, v0, jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * v0.size,
-                       options={"maxfun": self.iterations, "maxiter": self.iterations, "ftol": 1e-10,
-                                "gtol": 1e-8, "maxcor": 20})
+                       options={"maxfun": self.iterations, "maxiter": self.iterations, "ftol": self.ftol,
+                                "gtol": 1e-6, "maxcor": 20})
+        self._lbfgs_message = str(res.message)
         bar.close()
         m = torch.from_numpy(res.x).to(x.dtype).reshape(shape)
         return m, torch.stack(curve), bool(res.success)
@@ -262,6 +268,7 @@ class MeaningfulPerturbation:
         heat = 1 - mask if self.mode == "delete" else mask
         return PerturbationResult(
             images=x, targets=t, heatmap=heat, prob_before=p0, method=f"mp-{self.perturbation}-{self.optimizer}",
-            seconds=time.perf_counter() - t0, extra={"settings": s}, mask=mask, mask_lowres=m[:, 0],
+            seconds=time.perf_counter() - t0,
+            extra={"settings": s} | ({"lbfgs_message": self._lbfgs_message} if self.optimizer == "lbfgs" else {}), mask=mask, mask_lowres=m[:, 0],
             perturbed=perturbed, prob_after=p1, loss_curve=curve, mode=self.mode, perturbation=self.perturbation,
             optimizer=self.optimizer, converged=converged)
