@@ -150,7 +150,7 @@ def test_regulariser_means_the_same_at_any_mask_resolution():
 def test_paper_defaults_scale_with_image_size():
     mp = MeaningfulPerturbation(RegionModel())
     assert mp.settings(224, 224) == {"mask_hw": (28, 28), "jitter": 4, "blur_sigma": 10.0}
-    assert mp.settings(32, 32) == {"mask_hw": (8, 8), "jitter": 1, "blur_sigma": pytest.approx(10 * 32 / 224)}
+    assert mp.settings(32, 32) == {"mask_hw": (8, 8), "jitter": 1, "blur_sigma": 4.0}
     assert mp.settings(64, 128)["mask_hw"] == (8, 16)
     assert (mp.iterations, mp.lr, mp.l1, mp.tv, mp.beta) == (300, 0.1, 1e-4, 1e-2, 3.0)
 
@@ -220,13 +220,15 @@ def test_pointing_game_and_iou():
     heat = torch.zeros(3, 10, 10)
     heat[0, 2, 3] = 1                # inside box (2..4, 3..5)
     heat[1, 8, 8] = 1                # outside
-    heat[2, 2:5, 3:6] = 1            # plateau inside: its mean position counts
+    heat[2, 2:5, 3:6] = 1            # a plateau inside the box ...
+    heat[2, 9, 9] = 1                # ... and one tied pixel outside: the stronger blob wins
     boxes = torch.tensor([[2, 3, 5, 6]] * 3)
     assert pointing_game(heat, boxes).tolist() == [True, False, True]
     assert pointing_game(heat, boxes, tolerance=4).tolist() == [True, True, True]
     truth = torch.zeros(3, 10, 10, dtype=torch.bool)
     truth[:, 2:5, 3:6] = True
-    assert iou_top_area(heat, truth)[2] == 1.0
+    assert iou_top_area(truth.float(), truth).tolist() == [1.0, 1.0, 1.0]
+    assert iou_top_area(heat, truth)[2] == pytest.approx(8 / 10)   # 9 box pixels + the outside tie: 8 of 10
     a = torch.zeros(1, 4, 4, dtype=torch.bool); a[0, :2] = True
     b = torch.zeros(1, 4, 4, dtype=torch.bool); b[0, 1:3] = True
     assert mask_iou(a, b).item() == pytest.approx(4 / 12)

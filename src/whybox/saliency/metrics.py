@@ -96,23 +96,29 @@ def insertion_curve(model: nn.Module, images: torch.Tensor, heatmap: torch.Tenso
     return _curve(model, images, heatmap, targets, _baseline(images, baseline, blur_sigma), images, steps, seed, batch)
 
 
-def _argmax_point(heat: torch.Tensor) -> tuple[float, float]:
-    """The maximum's position; a plateau of equal maxima counts as its mean position."""
+def _argmax_point(heat: torch.Tensor) -> tuple[int, int]:
+    """The maximum's position. Ties (a plateau, e.g. a mask clamped at 0) go to the tied pixel whose
+    neighbourhood is strongest (heat smoothed with σ = 1 px), i.e. the centre of the main blob."""
     top = heat >= heat.max() - 1e-6 * max(1.0, float(heat.abs().max()))
-    rows, cols = torch.nonzero(top, as_tuple=True)
-    return float(rows.float().mean()), float(cols.float().mean())
+    if int(top.sum()) > 1:
+        smooth = gaussian_blur(heat[None, None].double(), 1.0)[0, 0]
+        smooth = torch.where(top, smooth, torch.full_like(smooth, -torch.inf))
+        idx = int(smooth.argmax())
+    else:
+        idx = int(torch.nonzero(top.reshape(-1))[0])
+    return idx // heat.shape[1], idx % heat.shape[1]
 
 
 def pointing_game(heatmap: torch.Tensor, boxes: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor:
     """[N] bool: does the map's maximum fall inside the object box (row0, col0, row1, col1; half-open),
-    grown by ``tolerance`` pixels? Ties: the mean position of all maximal pixels."""
+    grown by ``tolerance`` pixels? Ties go to the centre of the strongest blob (see ``_argmax_point``)."""
     if heatmap.ndim != 3 or boxes.shape != (heatmap.shape[0], 4):
         raise ValueError(f"need heat maps [N, H, W] and boxes [N, 4], got {tuple(heatmap.shape)} and {tuple(boxes.shape)}")
     hits = []
     for hm, b in zip(heatmap, boxes):
         r, c = _argmax_point(hm)
         r0, c0, r1, c1 = (float(v) for v in b)
-        hits.append(r0 - tolerance - 0.5 <= r <= r1 - 0.5 + tolerance and c0 - tolerance - 0.5 <= c <= c1 - 0.5 + tolerance)
+        hits.append(r0 - tolerance <= r < r1 + tolerance and c0 - tolerance <= c < c1 + tolerance)
     return torch.tensor(hits)
 
 

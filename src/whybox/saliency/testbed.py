@@ -25,7 +25,7 @@ from torch import nn
 
 __all__ = ["Testbed", "make_testbed", "testbed_cnn", "train_testbed_model", "load_or_train", "default_cache_dir"]
 
-_VERSION = 2
+_VERSION = 3
 
 
 @dataclass
@@ -100,8 +100,9 @@ def make_testbed(n: int = 200, size: int = 32, split: str = "test", seed: int = 
             ang = rng.uniform(0, np.pi)
             length = rng.uniform(size / 8, size / 3)
             p1 = p0 + length * np.array([np.sin(ang), np.cos(ang)])
-            d = np.cross(np.stack([yy - p0[0], xx - p0[1]], -1), (p1 - p0) / length)
-            t = ((yy - p0[0]) * (p1 - p0)[0] + (xx - p0[1]) * (p1 - p0)[1]) / length
+            u = (p1 - p0) / length                                 # unit direction
+            d = (yy - p0[0]) * u[1] - (xx - p0[1]) * u[0]          # signed distance to the line
+            t = (yy - p0[0]) * u[0] + (xx - p0[1]) * u[1]          # position along it
             stroke = (np.abs(d) < size / 32 + 0.5) & (t >= 0) & (t <= length)
             colour = rng.uniform(0.0, 1.0, size=(3, 1, 1))
             bg = np.where(stroke[None], 0.4 * bg + 0.6 * colour, bg)
@@ -123,19 +124,19 @@ def make_testbed(n: int = 200, size: int = 32, split: str = "test", seed: int = 
 
 def testbed_cnn(n_classes: int = 10, width: int = 16, seed: int = 0) -> nn.Module:
     """A small fully convolutional ReLU CNN (any input size ≥ 8): four 3×3 convolutions (receptive
-    field 26 px) then global max pooling — "is there a digit c anywhere?"."""
+    field 26 px) with batch norm, then global max pooling — "is there a digit c anywhere?"."""
     torch.manual_seed(seed)
     w = width
     return nn.Sequential(
-        nn.Conv2d(3, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(4 * w, 4 * w, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(3, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(),
+        nn.Conv2d(4 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(),
         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(4 * w, n_classes),
     )
 
 
-def train_testbed_model(n_train: int = 4000, size: int = 32, epochs: int = 10, width: int = 16,
+def train_testbed_model(n_train: int = 4000, size: int = 32, epochs: int = 8, width: int = 16,
                         seed: int = 0, batch_size: int = 64, lr: float = 3e-3, n_test: int = 1000,
                         progress: bool = True) -> tuple[nn.Module, dict]:
     """Train :func:`testbed_cnn` on a fresh training test-bed with Adam + cosine decay.
@@ -177,7 +178,7 @@ def load_or_train(cache_dir: Optional[os.PathLike] = None, retrain: bool = False
                   **train_kwargs) -> tuple[nn.Module, dict]:
     """The demo model: load the cached state dict (``weights_only=True``) or train and cache it."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    kw = {"n_train": 4000, "size": 32, "epochs": 10, "width": 16, "seed": 0} | train_kwargs
+    kw = {"n_train": 4000, "size": 32, "epochs": 8, "width": 16, "seed": 0} | train_kwargs
     name = f"saliency_testbed_v{_VERSION}_n{kw['n_train']}_s{kw['size']}_e{kw['epochs']}_w{kw['width']}_seed{kw['seed']}.pt"
     path = cache / name
     if path.exists() and not retrain:
