@@ -42,7 +42,7 @@ MODEL_PY = textwrap.dedent("""
         def forward(self, x):
             m = torch.zeros(x.shape[-2:]); m[8:24, 8:24] = 1
             s = (self.conv(x)[:, 0] * m).sum((1, 2)) / m.sum()
-            z = self.gain * (s - 0.5)
+            z = self.gain * (s - 0.6)
             return torch.stack([torch.zeros_like(z), z], 1)
     """)
 
@@ -142,7 +142,7 @@ def test_cli_writes_pngs_and_prints_probabilities(tmp_path):
     img = _write_image(tmp_path)
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["saliency", str(img), "--model", str(py), "--checkpoint", str(ck),
-                                 "--perturbation", "constant", "--iterations", "80", "--out", str(out), "--no-progress"])
+                                 "--perturbation", "constant", "--iterations", "150", "--out", str(out), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "class 1: probability before" in r.output and "after the deletion mask" in r.output
     after = float(r.output.split("after the deletion mask")[1].split(":")[1].split("%")[0])
@@ -151,25 +151,44 @@ def test_cli_writes_pngs_and_prints_probabilities(tmp_path):
         assert (out / f"{name}.png").exists()
 
 
-def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "whybox", "saliency", *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+def _main(capsys, monkeypatch, *args: str) -> tuple[int, str]:
+    """Run the real entry point (``whybox.cli.main``) in-process; return (exit code, stderr)."""
+    from whybox.cli import main
+    monkeypatch.setattr(sys, "argv", ["whybox", "saliency", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = int(e.code or 0)
+    return code, capsys.readouterr().err
 
 
-def test_cli_bad_input_exits_2_with_one_clear_line(tmp_path):
+def test_cli_bad_input_exits_2_with_one_clear_line(tmp_path, capsys, monkeypatch):
     py, ck = _write_model(tmp_path)
     notimg = tmp_path / "data.png"
     notimg.write_text("hello")
-    r = _run_cli(str(notimg), "--model", str(py), "--checkpoint", str(ck))
-    assert r.returncode == 2 and "not an image file" in r.stderr
+    code, err = _main(capsys, monkeypatch, str(notimg), "--model", str(py), "--checkpoint", str(ck))
+    assert code == 2 and "not an image file" in err and err.count("\n") == 1
     gray = _write_image(tmp_path, "L")
-    r = _run_cli(str(gray), "--model", str(py), "--checkpoint", str(ck), "--channels", "1")
-    assert r.returncode == 2 and "expects 3 channel(s)" in r.stderr
-    r = _run_cli(str(_write_image(tmp_path)), "--model", str(py), "--checkpoint", str(ck), "--target", "5")
-    assert r.returncode == 2 and "class 5 is out of range" in r.stderr
-    r = _run_cli("--no-progress")
-    assert r.returncode == 2 and "--demo" in r.stderr
+    code, err = _main(capsys, monkeypatch, str(gray), "--model", str(py), "--checkpoint", str(ck), "--channels", "1")
+    assert code == 2 and "expects 3 channel(s)" in err
+    code, err = _main(capsys, monkeypatch, str(_write_image(tmp_path)), "--model", str(py), "--checkpoint", str(ck),
+                      "--target", "5")
+    assert code == 2 and "class 5 is out of range" in err
+    code, err = _main(capsys, monkeypatch, "--no-progress")
+    assert code == 2 and "--demo" in err
+    code, err = _main(capsys, monkeypatch, str(_write_image(tmp_path)), "--model", str(ck))
+    assert code == 2 and "not a TorchScript file" in err
+
+
+def test_cli_end_to_end_in_a_fresh_process(tmp_path):
+    notimg = tmp_path / "data.png"
+    notimg.write_text("hello")
+    py, ck = _write_model(tmp_path)
+    env = {"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "whybox", "saliency", str(notimg), "--model", str(py)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("whybox: error:") and "not an image file" in r.stderr
 
 
 def test_cli_demo_uses_the_testbed(tmp_path, monkeypatch):
