@@ -74,7 +74,7 @@ def _module_from_file(path: Path) -> nn.Module:
 
 
 def load_model(model: os.PathLike | str, checkpoint: Optional[os.PathLike | str] = None) -> nn.Module:
-    """A TorchScript file (``torch.jit.save``), or a Python file defining ``build_model()`` / ``Model``
+    """A TorchScript file (``torch.jit.save``), a ``.pt2`` program (``torch.export.save``), or a Python file defining ``build_model()`` / ``Model``
     plus an optional state-dict ``checkpoint`` (loaded with ``weights_only=True``). Returns it in eval mode."""
     path = Path(model)
     if not path.exists():
@@ -97,6 +97,14 @@ def load_model(model: os.PathLike | str, checkpoint: Optional[os.PathLike | str]
                 net.load_state_dict(state)
             except RuntimeError as err:
                 raise ValueError(f"{ck} does not match the model in {path}: {str(err).splitlines()[0]}") from err
+    elif path.suffix == ".pt2":
+        if checkpoint is not None:
+            raise ValueError("--checkpoint goes with a Python model file (.py); a .pt2 file carries its weights")
+        try:
+            net = torch.export.load(str(path)).module()
+        except Exception as err:
+            raise ValueError(f"{path} is not a torch.export program (torch.export.save): {type(err).__name__}") from err
+        return net
     else:
         if checkpoint is not None:
             raise ValueError("--checkpoint goes with a Python model file (.py); a TorchScript file carries its weights")
