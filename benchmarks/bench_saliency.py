@@ -35,9 +35,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=200, help="correctly classified test-bed images to score")
     ap.add_argument("--iterations", type=int, default=300, help="MP Adam steps / L-BFGS evaluations")
     ap.add_argument("--variants", default="constant-adam,blur-adam,noise-adam,blur-lbfgs,constant-lbfgs",
-                    help="MP variants PERTURBATION-OPTIMIZER, comma-separated")
+                    help="MP variants PERTURBATION-OPTIMIZER[-mSIDE], comma-separated (e.g. blur-adam-m8: an 8×8 mask)")
     ap.add_argument("--baselines", default="gradient,gradxinput,occlusion,random")
     ap.add_argument("--blur-sigma", type=float, default=None, help="MP blur σ in px (default: the scaled paper value)")
+    ap.add_argument("--mask-size", type=int, default=None, help="MP mask side (default: the scaled paper value)")
     ap.add_argument("--steps", type=int, default=32, help="deletion/insertion curve steps")
     ap.add_argument("--scaling-sizes", default="32,64,128", help="image sizes for the timing sweep ('' to skip)")
     ap.add_argument("--scaling-n", type=int, default=4, help="images per size in the timing sweep")
@@ -78,10 +79,12 @@ def main(argv=None) -> dict:
     methods = [("mp", v) for v in args.variants.split(",") if v] + [("base", b) for b in args.baselines.split(",") if b]
     for kind, name in methods:
         if kind == "mp":
-            pert, opt = name.split("-")
+            pert, opt, *rest = name.split("-")          # PERTURBATION-OPTIMIZER[-mSIDE]
+            side = int(rest[0][1:]) if rest else args.mask_size
             res = MeaningfulPerturbation(model, perturbation=pert, optimizer=opt, iterations=args.iterations,
-                                         blur_sigma=args.blur_sigma, progress=True).explain(x, y)
-            label = f"MP {pert} {opt}"
+                                         blur_sigma=args.blur_sigma, mask_size=side,
+                                         progress=True).explain(x, y)
+            label = f"MP {pert} {opt}" + (f" m{side}" if rest else "")
         else:
             res = make_method(name, model).explain(x, y)
             label = name

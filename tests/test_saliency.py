@@ -72,7 +72,7 @@ def test_deletion_mask_removes_exactly_the_region_the_model_reads(perturbation):
     inside, outside = inside_outside(res.heatmap)
     assert (inside > 0.8).all() and (outside < 0.35).all()  # ... by deleting the box, not the image
     assert pointing_game(res.heatmap, torch.tensor([BOX] * 3)).all()
-    assert res.mask.shape == (3, 32, 32) and res.mask_lowres.shape == (3, 8, 8)
+    assert res.mask.shape == (3, 32, 32) and res.mask_lowres.shape == (3, 16, 16)
     assert res.mask.min() >= 0 and res.mask.max() <= 1
     assert torch.allclose(res.heatmap, 1 - res.mask)
     assert res.loss_curve.shape == (150, 3)
@@ -150,8 +150,9 @@ def test_regulariser_means_the_same_at_any_mask_resolution():
 def test_paper_defaults_scale_with_image_size():
     mp = MeaningfulPerturbation(RegionModel())
     assert mp.settings(224, 224) == {"mask_hw": (28, 28), "jitter": 4, "blur_sigma": 10.0}
-    assert mp.settings(32, 32) == {"mask_hw": (8, 8), "jitter": 1, "blur_sigma": 4.0}
-    assert mp.settings(64, 128)["mask_hw"] == (8, 16)
+    assert mp.settings(32, 32) == {"mask_hw": (16, 16), "jitter": 1, "blur_sigma": 4.0}
+    assert mp.settings(12, 12)["mask_hw"] == (12, 12)
+    assert mp.settings(64, 128)["mask_hw"] == (16, 32)
     assert (mp.iterations, mp.lr, mp.l1, mp.tv, mp.beta) == (300, 0.1, 1e-4, 1e-2, 3.0)
 
 

@@ -102,7 +102,7 @@ class MeaningfulPerturbation:
         box constraints, on a fixed sample of jitters/noise so the objective is deterministic).
       iterations: Adam steps, or L-BFGS function evaluations (300). lr: Adam step (0.1).
       l1: λ₁ (1e-4), tv: λ₂ (1e-2), beta: β (3), both applied to a 28×28-equivalent sum.
-      mask_size: side of the optimised mask (default H·28/224, but at least 8 cells) — upsampled bilinearly;
+      mask_size: side of the optimised mask (default H·28/224, but at least 16 cells) — upsampled bilinearly;
         mask_smooth: optional Gaussian smoothing σ (px) of the upsampled mask.
       ftol: L-BFGS-B's relative-decrease stopping tolerance (1e-6: float32 models cannot resolve less).
       init: the mask's starting value (0.5: at m = 1 a confident model's softmax is saturated and
@@ -142,7 +142,10 @@ class MeaningfulPerturbation:
     def settings(self, height: int, width: int) -> dict:
         """The concrete settings used for an image of this size (paper defaults scaled from 224 px)."""
         side = min(height, width)
-        mask = self.mask_size if self.mask_size is not None else min(side, max(8, round(side * _PAPER_MASK / _PAPER_SIDE)))
+        # The paper's 28 cells at 224 px (side/8), but at least 16 cells (or one per pixel): on 32-px
+        # test-bed images an 8×8 mask blurs across the object's border (deletion AUC 0.129 → 0.100,
+        # pointing 0.70 → 0.90 going from 8 to 16 cells; blur, n = 20, see docs/saliency.md).
+        mask = self.mask_size if self.mask_size is not None else min(side, max(16, round(side * _PAPER_MASK / _PAPER_SIDE)))
         mh = max(1, round(mask * height / side))
         mw = max(1, round(mask * width / side))
         jitter = self.jitter if self.jitter is not None else max(1, round(4 * side / _PAPER_SIDE))
