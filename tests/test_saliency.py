@@ -91,6 +91,7 @@ def test_lbfgs_converges_to_a_mask_as_good_as_adams():
     assert (lbfgs.prob_after < 0.1).all()
     # same deterministic objective (no jitter): L-BFGS-B's optimum is no worse than 300 Adam steps
     assert (lbfgs.loss_curve[-1] <= adam.loss_curve[-1] + 0.01).all()
+    assert torch.allclose(lbfgs.extra["final_objective"], lbfgs.loss_curve[-1], atol=1e-3)   # no jitter: same objective
     assert (lbfgs.heatmap - adam.heatmap).abs().mean() < 0.15
 
 

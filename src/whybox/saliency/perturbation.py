@@ -68,7 +68,8 @@ class PerturbationResult(SaliencyResult):
 
     mask [N, H, W] (1 = keep, upsampled), mask_lowres [N, h, w], heatmap [N, H, W] (1 − mask for
     deletion, mask for preservation), perturbed [N, C, H, W] = Φ(x; m), prob_before/prob_after [N],
-    loss_curve [T, N] (total loss per iteration or function evaluation), converged (L-BFGS only).
+    loss_curve [T, N] (total loss per iteration or function evaluation), converged (L-BFGS only);
+    extra["final_objective"] [N]: the loss of the final mask without jitter (comparable across optimisers).
     """
 
     mask: torch.Tensor = None  # type: ignore[assignment]
@@ -264,6 +265,8 @@ class MeaningfulPerturbation:
                 ref = perturbation_reference(x, self.perturbation, s["blur_sigma"], self.noise_std, gen)
                 perturbed = up * x + (1 - up) * ref
                 p1 = class_probs(self.model, perturbed, t)
+                # the objective without jitter (τ = 0): comparable between Adam and L-BFGS
+                final = self._regulariser(m) + (p1 if self.mode == "delete" else 1 - p1)
         finally:
             if isinstance(self.model, nn.Module):
                 for p, r in zip(self.model.parameters(), req):
@@ -274,6 +277,6 @@ class MeaningfulPerturbation:
         return PerturbationResult(
             images=x, targets=t, heatmap=heat, prob_before=p0, method=f"mp-{self.perturbation}-{self.optimizer}",
             seconds=time.perf_counter() - t0,
-            extra={"settings": s} | ({"lbfgs_message": self._lbfgs_message} if self.optimizer == "lbfgs" else {}), mask=mask, mask_lowres=m[:, 0],
+            extra={"settings": s, "final_objective": final} | ({"lbfgs_message": self._lbfgs_message} if self.optimizer == "lbfgs" else {}), mask=mask, mask_lowres=m[:, 0],
             perturbed=perturbed, prob_after=p1, loss_curve=curve, mode=self.mode, perturbation=self.perturbation,
             optimizer=self.optimizer, converged=converged)
