@@ -1,0 +1,21 @@
+"""Explaining a prediction through the input: meaningful-perturbation masks (Fong & Vedaldi 2017),
+baselines behind the same call shape, and the metrics that judge them.
+
+    from whybox.saliency import MeaningfulPerturbation, deletion_curve
+    res = MeaningfulPerturbation(model, perturbation="blur").explain(images)   # [N, C, H, W]
+    res.mask, res.heatmap, res.perturbed, res.prob_before, res.prob_after, res.loss_curve
+    deletion_curve(model, res.images, res.heatmap, res.targets).auc
+"""
+
+from whybox.saliency._common import SaliencyResult, gaussian_blur, overlay, prepare
+from whybox.saliency.io import load_image, load_model, save_result
+from whybox.saliency.baselines import METHODS, GradientSaliency, GradientXInput, Occlusion, RandomSaliency, make_method
+from whybox.saliency.metrics import Curve, deletion_curve, insertion_curve, iou_top_area, mask_iou, pointing_game
+from whybox.saliency.perturbation import MeaningfulPerturbation, PerturbationResult, perturbation_reference, shift_images
+
+__all__ = [
+    "MeaningfulPerturbation", "PerturbationResult", "SaliencyResult", "GradientSaliency", "GradientXInput",
+    "Occlusion", "RandomSaliency", "make_method", "METHODS", "deletion_curve", "insertion_curve", "Curve",
+    "pointing_game", "iou_top_area", "mask_iou", "perturbation_reference", "shift_images", "gaussian_blur",
+    "overlay", "prepare", "load_image", "load_model", "save_result",
+]
