@@ -4,22 +4,7 @@ figures and JSON go to --out (default whybox-out/attack). Every option of `whybo
     PYTHONPATH=src python benchmarks/bench_attack.py --help
 """
 
-import platform
-import sys
-import time
-
-import torch
-
-from whybox.cli import main
+from _verb import run_verb
 
 if __name__ == "__main__":
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"python {platform.python_version()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    start = time.perf_counter()
-    sys.argv = ["whybox", "attack", *sys.argv[1:]]
-    try:
-        main()
-    except SystemExit as done:
-        if done.code:
-            raise
-    print(f"wall time: {time.perf_counter() - start:.0f} s")
+    run_verb("attack")
