@@ -89,7 +89,7 @@ class Objective:
         y: Optional[ArrayLike] = None,
         weight_decay: float = 0.0,
         params: Union[None, str, Sequence[str]] = None,
-        batch_size: int = 512,
+        batch_size: int = 2048,
         cache_bytes: int = 512 * 2**20,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -245,9 +245,11 @@ class Objective:
     def _example_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(self.outputs(x.unsqueeze(0), theta).squeeze(0), y)
 
-    def chunks(self, n: int) -> Iterator[slice]:
-        for start in range(0, n, self.batch_size):
-            yield slice(start, min(start + self.batch_size, n))
+    def chunks(self, n: int, size: Optional[int] = None) -> Iterator[slice]:
+        """Row slices of at most ``size`` (default ``batch_size``) rows."""
+        size = size or self.batch_size
+        for start in range(0, n, size):
+            yield slice(start, min(start + size, n))
 
     def losses(self, X=None, y=None, theta: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Plain per-example losses ``[N]`` (training data by default)."""
@@ -280,7 +282,8 @@ class Objective:
         """Per-example gradients ∇θL(zᵢ, θ̂) as ``(rows, [B, p])`` chunks (batched, no loop over rows)."""
         X, y = self._data(X, y)
         per_example = vmap(grad(self._example_loss), in_dims=(None, 0, 0))
-        for s in self.chunks(len(X)):
+        rows = max(1, min(self.batch_size, 2**26 // (self.p * self.theta.element_size())))  # ≤ 64 MiB a chunk
+        for s in self.chunks(len(X), rows):
             yield s, per_example(self.theta, X[s], y[s]).detach()
 
     def grads(self, X=None, y=None) -> torch.Tensor:
@@ -325,7 +328,7 @@ class Objective:
         eye = torch.eye(self.p, dtype=self.dtype, device=self.device)
         return torch.stack([self.batch_hvp(eye, self.X[i : i + 1], self.y[i : i + 1]) for i in idx.tolist()])
 
-    def hessian(self, block: int = 256) -> torch.Tensor:
+    def hessian(self, block: int = 64) -> torch.Tensor:
         """The dense Hessian H of R at θ̂, ``[p, p]``, built from HVPs in column blocks."""
         eye = torch.eye(self.p, dtype=self.dtype, device=self.device)
         H = torch.cat([self.hvp(eye[i : i + block]) for i in range(0, self.p, block)])
