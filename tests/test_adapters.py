@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.svm import LinearSVC
