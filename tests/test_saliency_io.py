@@ -124,11 +124,11 @@ def test_loading_errors_are_clear(tmp_path):
         load_model(ck)
     bad = tmp_path / "other.pt"
     torch.save({"conv.weight": torch.zeros(2, 3, 1, 1)}, bad)
-    with pytest.raises(ValueError, match="does not match the model"):
+    with pytest.raises(ValueError, match="does not fit the model"):
         load_model(py, bad)
     empty = tmp_path / "empty.py"
     empty.write_text("x = 1\n")
-    with pytest.raises(ValueError, match="must define build_model"):
+    with pytest.raises(ValueError, match="no build_model"):
         load_model(empty)
     with pytest.raises(ValueError, match="--mean needs 1 or 3 values"):
         load_image(_write_image(tmp_path), mean=[0.1, 0.2])

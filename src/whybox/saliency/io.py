@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -10,6 +9,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from whybox import io as model_io
 
 from whybox.saliency._common import SaliencyResult, display_image, overlay
 
@@ -52,51 +53,14 @@ def load_image(path: os.PathLike | str, channels: int = 3, size: Optional[tuple[
     return x
 
 
-def _module_from_file(path: Path) -> nn.Module:
-    spec = importlib.util.spec_from_file_location(f"whybox_user_model_{abs(hash(str(path)))}", path)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"cannot import {path} as a Python file")
-    mod = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(mod)
-    except Exception as err:  # the user's file failed to import
-        raise ValueError(f"importing {path} failed: {type(err).__name__}: {err}") from err
-    for name in ("build_model", "Model", "model"):
-        obj = getattr(mod, name, None)
-        if isinstance(obj, nn.Module):
-            return obj
-        if callable(obj):
-            made = obj()
-            if isinstance(made, nn.Module):
-                return made
-    raise ValueError(f"{path} must define build_model() returning an nn.Module, a no-argument class Model, "
-                     "or an nn.Module instance named model")
-
-
 def load_model(model: os.PathLike | str, checkpoint: Optional[os.PathLike | str] = None) -> nn.Module:
     """A TorchScript file (``torch.jit.save``), a ``.pt2`` program (``torch.export.save``), or a Python file defining ``build_model()`` / ``Model``
     plus an optional state-dict ``checkpoint`` (loaded with ``weights_only=True``). Returns it in eval mode."""
     path = Path(model)
     if not path.exists():
         raise FileNotFoundError(f"model file not found: {path}")
-    if path.suffix == ".py":
-        net = _module_from_file(path)
-        if checkpoint is not None:
-            ck = Path(checkpoint)
-            if not ck.exists():
-                raise FileNotFoundError(f"checkpoint file not found: {ck}")
-            try:
-                state = torch.load(ck, map_location="cpu", weights_only=True)
-            except Exception as err:
-                raise ValueError(f"{ck} is not a state-dict checkpoint loadable with weights_only=True ({type(err).__name__})") from err
-            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-                state = state["state_dict"]
-            if not isinstance(state, dict):
-                raise ValueError(f"{ck} holds a {type(state).__name__}, not a state dict")
-            try:
-                net.load_state_dict(state)
-            except RuntimeError as err:
-                raise ValueError(f"{ck} does not match the model in {path}: {str(err).splitlines()[0]}") from err
+    if path.suffix == ".py":  # the same loader as `whybox explain`: weights_only state dicts
+        net = model_io.load_model(checkpoint, code=path) if checkpoint is not None else model_io.build_from_code(path)
     elif path.suffix == ".pt2":
         if checkpoint is not None:
             raise ValueError("--checkpoint goes with a Python model file (.py); a .pt2 file carries its weights")
