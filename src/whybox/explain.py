@@ -70,7 +70,10 @@ class Explanation:
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
 
-def _predict(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted class, confidence) from model outputs: softmax for C outputs, sigmoid for one.
+
+    For a regression model (``squared_error``) use the outputs themselves."""
     if outputs.ndim == 1 or outputs.shape[-1] == 1:
         p1 = torch.sigmoid(outputs.reshape(-1))
         pred = (p1 > 0.5).long()
@@ -78,13 +81,6 @@ def _predict(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     probs = torch.softmax(outputs, dim=-1)
     conf, pred = probs.max(dim=-1)
     return pred, conf
-
-
-def predict(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted class, confidence) from model outputs: softmax for C outputs, sigmoid for one.
-
-    For a regression model (``squared_error``) use the outputs themselves."""
-    return _predict(outputs)
 
 
 def explain_points(
@@ -106,7 +102,7 @@ def explain_points(
     regression = obj.loss_name == "squared_error"
     with torch.no_grad():
         train_out = obj.outputs(obj.X)
-    train_pred = train_out.reshape(obj.n, -1)[:, 0] if regression else _predict(train_out)[0]
+    train_pred = train_out.reshape(obj.n, -1)[:, 0] if regression else predict(train_out)[0]
     k = min(top_k, obj.n)
     settings = {"solver": repr(influence.curvature), "loss": obj.loss_name, "weight_decay": obj.weight_decay,
                 "n": obj.n, "p": obj.p}
@@ -121,7 +117,7 @@ def explain_points(
         if regression:
             pred, conf = out.reshape(len(chunk), -1)[:, 0], torch.full((len(chunk),), float("nan"))
         else:
-            pred, conf = _predict(out)
+            pred, conf = predict(out)
         for j, ti in enumerate(chunk):
 
             def rows(order: torch.Tensor) -> list[Ranked]:
@@ -159,7 +155,7 @@ def self_influence_ranking(influence: InfluenceFunction, top_k: int = 10) -> lis
     scores = influence.self_scores()
     with torch.no_grad():
         out = obj.outputs(obj.X)
-    pred = out.reshape(obj.n, -1)[:, 0] if obj.loss_name == "squared_error" else _predict(out)[0]
+    pred = out.reshape(obj.n, -1)[:, 0] if obj.loss_name == "squared_error" else predict(out)[0]
     order = torch.argsort(scores, descending=True)[: min(top_k, obj.n)]
     losses = obj.losses()
     return [SelfRanked(int(i), float(scores[i]), float(losses[i]), _num(obj.y[i]), _num(pred[i])) for i in order.tolist()]
@@ -228,7 +224,7 @@ class Study:
             out = self.objective.outputs(self.X_test)
         if self.objective.loss_name == "squared_error":
             return out.reshape(len(out), -1)[:, 0]
-        return _predict(out)[0]
+        return predict(out)[0]
 
     def default_test_indices(self, count: int = 1) -> list[int]:
         """Misclassified test points first (by index), then correctly classified ones."""

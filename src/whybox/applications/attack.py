@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from whybox import zoo
 from whybox.attribution import Attributor
+from whybox.applications.model_setups import predict
 from whybox.curvature import Curvature, Exact
 from whybox.influence import InfluenceFunction
 from whybox.objective import Objective
@@ -163,16 +164,8 @@ class FrozenPrefix:
         return theta
 
 
-def _predict(objective: Objective, X: torch.Tensor, theta: Optional[torch.Tensor] = None) -> torch.Tensor:
-    with torch.no_grad():
-        out = objective.outputs(X, theta)
-    if out.ndim == 1 or out.shape[-1] == 1:
-        return (out.reshape(-1) > 0).long()
-    return out.argmax(-1)
-
-
 def _is_correct(objective: Objective, X: torch.Tensor, y: torch.Tensor, theta=None) -> torch.Tensor:
-    pred = _predict(objective, X, theta)
+    pred = predict(objective, X, theta)
     return pred == (y.clamp_min(0) if objective.loss_name != "cross_entropy" else y)  # ±1 labels -> 0/1
 
 

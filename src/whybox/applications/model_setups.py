@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from whybox import zoo
+from whybox.explain import predict as class_of
 from whybox.losses import SmoothHinge
 from whybox.objective import Objective
 
@@ -179,6 +180,6 @@ def accuracy(objective: Objective, X, y, theta: torch.Tensor | None = None) -> f
 
 
 def predict(objective: Objective, X, theta: torch.Tensor | None = None) -> torch.Tensor:
-    """0/1 predictions of a one-score model at θ (default θ̂)."""
+    """Predicted classes of the model at θ (default θ̂)."""
     with torch.no_grad():
-        return (objective.outputs(torch.as_tensor(X), theta).reshape(-1) > 0).long()
+        return class_of(objective.outputs(torch.as_tensor(X), theta))[0]
