@@ -19,14 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def machine() -> str:
-    try:
-        from whybox.utils import machine_info  # type: ignore[attr-defined]
-        return str(machine_info())
-    except Exception:
-        return (f"{platform.platform()} | python {platform.python_version()} | torch {torch.__version__} | "
-                f"threads {torch.get_num_threads()} | cpu count {__import__('os').cpu_count()}")
+from whybox.utils import machine_info
 
 
 def main(argv=None) -> dict:
@@ -58,7 +51,7 @@ def main(argv=None) -> dict:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(machine())
+    print(machine_info())
     model, info = load_or_train(args.cache)
     print(f"test-bed CNN: accuracy {info['test_accuracy']:.3f} on held-out images ({'cached' if info.get('cached') else 'trained now'})")
 
@@ -194,7 +187,7 @@ def main(argv=None) -> dict:
                             "sec_per_image_batched": rb.seconds / args.scaling_n, "sec_single": r1.seconds})
             print(f"{s:>6}{st['mask_hw'][0]:>8}{st['jitter']:>8}{rb.seconds / args.scaling_n:>13.3f}{r1.seconds:>14.3f}", flush=True)
 
-    report = {"machine": machine(), "model": info, "n_images": int(len(y)), "iterations": args.iterations,
+    report = {"machine": machine_info(), "model": info, "n_images": int(len(y)), "iterations": args.iterations,
               "rows": rows, "convergence": conv, "scaling": scaling, "curves": curves}
     (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
     print(f"\nwrote {out / 'results.json'} and figures in {out}/")
