@@ -6,6 +6,11 @@ influence code work with plain ``[k, p]`` matrices.
 
 Objective:  R(θ) = (1/n) Σ_i L(z_i, θ) + ½ Σ_j d_j θ_j²
 Hessian:    H = ∇²R(θ̂) = (1/n) Σ_i ∇²L(z_i, θ̂) + diag(d)   (damping is the solver's business)
+Gauss-Newton: G = (1/n) Σ_i J_iᵀ A_i J_i + diag(d)   (J_i the output Jacobian, A_i = ∇²_out L)
+
+G drops H's term Σ_c ∂L/∂o_c ∇²o_c (the model's own curvature weighted by the residual), so it is
+positive semi-definite whenever the loss is convex in the outputs, even far from a minimum; it
+equals H when the outputs are linear in θ (GLMs, a network's last layer).
 
 d is the per-coordinate weight decay ``Objective.decay``: the one ``weight_decay`` w everywhere by
 default, 0 on parameters named in ``no_decay`` (e.g. an unpenalised intercept), or one value per
@@ -24,12 +29,13 @@ from typing import Union
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, hessian, jacrev, jvp, vmap
+from torch.func import functional_call, grad, hessian, jacrev, jvp, vjp, vmap
 
 from whybox import losses as _losses
 from whybox.losses import LossFn
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence]
+CURVATURES = ("hessian", "ggn")  # what a solver inverts: the Hessian H or the Gauss-Newton matrix G
 WeightDecay = Union[float, Mapping[str, float]]
 
 
@@ -112,6 +118,12 @@ def as_data(X, y=None) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X), torch.as_tensor(
         np.asarray(y) if not torch.is_tensor(y) else y
     )
+
+
+def _curvature(name: str) -> str:
+    if name not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}, got {name!r}")
+    return name
 
 
 def _check_finite(t: torch.Tensor, what: str) -> None:
@@ -446,6 +458,51 @@ class Objective:
         mean_loss = lambda th: self._batch_losses(th, X, y).mean()  # noqa: E731
         one = lambda v: jvp(grad(mean_loss), (self.theta,), (v,))[1]  # noqa: E731
         return vmap(one)(V).detach()
+
+    def ggn_vp(self, V: torch.Tensor) -> torch.Tensor:
+        """G·v for a batch ``V [k, p]``: the Gauss-Newton matrix (module docstring), never formed."""
+        V = V.reshape(-1, self.p)
+        out = torch.zeros_like(V)
+        for s in self.chunks(self.n):
+            out += self.batch_ggn_vp(V, self.X[s], self.y[s]) * (s.stop - s.start)
+        return out / self.n + self.decay * V
+
+    def batch_ggn_vp(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(mean over the batch of JᵢᵀAᵢJᵢ)·v for ``V [k, p]``: push v forward through the model
+        (J v), through the loss's output Hessian (A J v), and pull it back (Jᵀ A J v)."""
+        model = lambda th: self.outputs(X, th)  # noqa: E731
+        out, pull_back = vjp(model, self.theta)
+        out_grad = lambda o: vmap(grad(self.loss_fn))(o, y)  # noqa: E731
+        def one(v: torch.Tensor) -> torch.Tensor:
+            Jv = jvp(model, (self.theta,), (v,))[1]
+            return pull_back(jvp(out_grad, (out.detach(),), (Jv,))[1])[0]
+        return vmap(one)(V).detach() / len(X)
+
+    def curvature_vp(self, V: torch.Tensor, curvature: str = "hessian") -> torch.Tensor:
+        """H·v (``"hessian"``) or G·v (``"ggn"``), full data, weight decay included."""
+        return self.hvp(V) if _curvature(curvature) == "hessian" else self.ggn_vp(V)
+
+    def batch_curvature_vp(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor, curvature: str = "hessian") -> torch.Tensor:
+        """The mini-batch form of ``curvature_vp`` (mean over the batch, no weight decay)."""
+        if _curvature(curvature) == "hessian":
+            return self.batch_hvp(V, X, y)
+        return self.batch_ggn_vp(V, X, y)
+
+    def curvature_matrix(self, curvature: str = "hessian") -> torch.Tensor:
+        """The dense H or G, ``[p, p]`` (small p only)."""
+        return self.hessian() if _curvature(curvature) == "hessian" else self.ggn()
+
+    def ggn(self) -> torch.Tensor:
+        """The dense Gauss-Newton matrix G, ``[p, p]``, from per-example factors (G = Σ UᵢUᵢᵀ/n + diag(d))."""
+        C = max(1, math.prod(self.output_shape))
+        rows = max(1, min(self.batch_size, 2**23 // (self.p * C)))  # factor chunks of ≤ 64 MiB (float64)
+        G = torch.zeros(self.p, self.p, dtype=self.dtype, device=self.device)
+        for s in self.chunks(self.n, rows):
+            U = self.gauss_newton_factors(s).transpose(1, 2).reshape(-1, self.p)
+            G.addmm_(U.T, U)
+        G /= self.n
+        G.diagonal().add_(self.decay)
+        return 0.5 * (G + G.T)
 
     def example_hessians(self, idx: Sequence[int]) -> torch.Tensor:
         """Per-example Hessians ∇²L(zᵢ, θ̂), ``[k, p, p]`` (small p only)."""

@@ -65,6 +65,7 @@ class MethodSettings(Settings):
     method: str = setting("Attributor: influence, fastif, gradient_dot, gradient_cosine, euclidean, representer, or FILE.py:CLASS for your own whybox.Attributor subclass.", "influence")
     solver: str = setting("Inverse-HVP solver of influence: auto (exact up to 5,000 parameters, else cg), exact, cg, lissa, identity, kfac, ekfac.", "auto")
     damping: float = setting("Added to the Hessian's diagonal (needed for non-convex or non-converged models).", 0.0)
+    curvature: str = setting("What the solver inverts: hessian (the paper's H) or ggn (Gauss-Newton: positive semi-definite at any θ, for networks not at a minimum; = H for linear models). kfac/ekfac are always Gauss-Newton.", "hessian")
 
 
 def _influence(objective: Objective, method: MethodSettings) -> Attributor:
@@ -72,7 +73,7 @@ def _influence(objective: Objective, method: MethodSettings) -> Attributor:
     from whybox.attribution.kfac import KFACInfluence
     from whybox.curvature import EKFAC, KFAC
 
-    curvature = make_solver(method.solver, method.damping, objective.p)
+    curvature = make_solver(method.solver, method.damping, objective.p, method.curvature)
     factored = isinstance(curvature, (KFAC, EKFAC))
     return (KFACInfluence if factored else InfluenceFunction)(objective, curvature)
 

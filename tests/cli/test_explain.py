@@ -82,6 +82,17 @@ def test_embedded_dataset_json(capsys):
     assert doc["label"] != doc["prediction"]  # the default test point is a misclassified one
 
 
+def test_gauss_newton_curvature_equals_the_hessian_on_a_linear_model(capsys):
+    docs = []
+    for curvature in ("hessian", "ggn"):
+        code, out, err = run(["explain", "--dataset", "iris", "--json", "-q", "--curvature", curvature], capsys)
+        assert code == 0, err
+        docs.append(json.loads(out))
+    assert docs[1]["settings"]["curvature"] == "ggn"
+    for a, b in zip(docs[0]["helpful"] + docs[0]["harmful"], docs[1]["helpful"] + docs[1]["harmful"]):
+        assert a["index"] == b["index"] and a["score"] == pytest.approx(b["score"], rel=1e-8)
+
+
 def test_sklearn_on_csv_writes_json_csv_and_report(files, tmp_path, capsys):
     out_dir = tmp_path / "out"
     code, out, err = run(["explain", "--train", files / "train.csv", "--test", files / "test.csv", "--sklearn", "logistic",
@@ -129,6 +140,7 @@ def test_own_torch_model(files, model_args, capsys):
         (["--dataset", "iris", "--top-k", "0"], "--top-k must be >= 1"),
         (["--dataset", "mnist"], "unknown data set"),
         (["--dataset", "iris", "--report", "r.pdf"], ".html"),
+        (["--dataset", "iris", "--curvature", "fisher"], "--curvature must be one of hessian, ggn"),
         (["--train", "data.npz", "--model", "lr_ts.pt", "--loss", "hinge"], "hinge"),
     ],
 )

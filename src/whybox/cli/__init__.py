@@ -32,5 +32,7 @@ def as_flags(message: str) -> str:
     solvers = "|".join(cls.__name__ for cls in SOLVERS.values())
     message = re.sub(rf"\b({solvers})\(damping=([^,)]+)\)",
                      lambda m: f"--solver {m.group(1).lower()} --damping {m.group(2)}", message)
+    message = re.sub(rf"\b({solvers})\(curvature=(\w+)\)",
+                     lambda m: f"--solver {m.group(1).lower()} --curvature {m.group(2)}", message)
     names = sorted({f.name for cls in (DataSettings, ModelSettings, MethodSettings) for f in fields(cls)}, key=len, reverse=True)
     return re.sub(rf"\b({'|'.join(names)})=", lambda m: f"--{m.group(1).replace('_', '-')} ", message)

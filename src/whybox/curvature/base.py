@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from whybox.objective import Objective
+from whybox.objective import CURVATURES, Objective
 
 DAMPING_DOMINATES = 100.0  # damping above this multiple of λ_max(H) swamps the Hessian
 
@@ -34,19 +34,27 @@ class Curvature:
     """Base class: holds the damping and the fitted objective; subclasses implement ``_solve``.
 
     Args:
-        damping: λ added to the Hessian's diagonal.
+        damping: λ added to the curvature's diagonal.
         residual_tolerance: largest accepted relative residual ‖(H + λI)x − v‖/‖v‖ of a solve
             (default: the solver's ``default_tolerance``).
         strict: raise ``InaccurateSolveError`` instead of warning when a solve misses the tolerance.
+        curvature: the matrix inverted: ``"hessian"`` (H, the paper's) or ``"ggn"`` (the
+            Gauss-Newton matrix G = (1/n)ΣJᵢᵀAᵢJᵢ + decay: positive semi-definite for any θ when
+            the loss is convex in the outputs, so it suits networks not at a minimum; equal to H
+            for models linear in θ). See ``whybox.objective``.
     """
 
     default_tolerance: ClassVar[float | None] = 1e-6
 
-    def __init__(self, damping: float = 0.0, residual_tolerance: float | None = None, strict: bool = False) -> None:
+    def __init__(self, damping: float = 0.0, residual_tolerance: float | None = None, strict: bool = False,
+                 curvature: str = "hessian") -> None:
         if not (damping >= 0 and damping < float("inf")):
             raise ValueError(f"damping must be a finite number >= 0, got {damping}")
         if residual_tolerance is not None and not 0 < residual_tolerance < 1:
             raise ValueError(f"residual_tolerance must be in (0, 1), got {residual_tolerance}")
+        if curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+        self.curvature = curvature
         self.damping = float(damping)
         self.residual_tolerance = self.default_tolerance if residual_tolerance is None else float(residual_tolerance)
         self.strict = bool(strict)
@@ -59,14 +67,23 @@ class Curvature:
         self.diagnostics = {}
         return self
 
+    @property
+    def matrix_name(self) -> str:
+        """What this solver inverts, in words (for messages)."""
+        return "the Hessian" if self.curvature == "hessian" else "the Gauss-Newton matrix"
+
+    def undamped(self, V: torch.Tensor) -> torch.Tensor:
+        """H·V (or G·V with ``curvature="ggn"``) for ``V [k, p]``, with full-data products."""
+        return self._fitted().curvature_vp(V, self.curvature)
+
     def matvec(self, V: torch.Tensor) -> torch.Tensor:
-        """(H + damping·I)·V for ``V [k, p]``, with full-data HVPs."""
-        return self._fitted().hvp(V) + self.damping * V
+        """(H + damping·I)·V for ``V [k, p]``, with full-data products."""
+        return self.undamped(V) + self.damping * V
 
     def dense(self) -> torch.Tensor:
         """The dense (H + damping·I), ``[p, p]`` (small p only): what second-order removal
         effects start from. Solvers that already hold it return theirs."""
-        H = self._fitted().hessian()
+        H = self._fitted().curvature_matrix(self.curvature)
         H.diagonal().add_(self.damping)
         return H
 
@@ -111,7 +128,7 @@ class Curvature:
         return "add damping or use another solver"
 
     def _check_damping(self, top_eigenvalue: float) -> None:
-        """Warn when damping swamps the Hessian (λ > DAMPING_DOMINATES · λ_max(H)): then
+        """Warn when damping swamps the curvature (λ > DAMPING_DOMINATES · λ_max(H)): then
         (H + λI)⁻¹ ≈ I/λ and influence is a scaled gradient dot product, not curvature."""
         if self.damping == 0:
             return
@@ -119,7 +136,7 @@ class Curvature:
         self.diagnostics["damping_ratio"] = ratio
         if ratio > DAMPING_DOMINATES:
             warnings.warn(
-                f"damping={self.damping:g} is {ratio:.3g}× the largest eigenvalue of the Hessian "
+                f"damping={self.damping:g} is {ratio:.3g}× the largest eigenvalue of {self.matrix_name} "
                 f"({top_eigenvalue:.3g}): (H + damping·I)⁻¹ ≈ I/damping, so the scores shrink by ~1/damping "
                 "and become a scaled gradient dot product (Identity()), not influence; use a damping "
                 f"well below {top_eigenvalue:.3g} (the smallest that makes H positive definite)",
@@ -209,11 +226,18 @@ def alternative_solver(p: int) -> str:
     return "Exact()" if default_solver_name(p) == "exact" else "CG()"
 
 
-def not_pd_message(min_eig: float, damping: float, solver: str) -> str:
+def not_pd_message(min_eig: float, damping: float, solver: str, curvature: str = "hessian") -> str:
     fix = max(-min_eig, 0.0) * 1.1 + 1e-3 * max(abs(min_eig), 1e-6)
+    if curvature == "hessian":
+        return (
+            f"the Hessian (+ damping {damping:g}) is not positive definite: smallest eigenvalue "
+            f"{min_eig:.3g}. The model is not at a minimum (not converged, or non-convex), or the "
+            "objective is flat in some direction (e.g. no weight decay with redundant parameters); "
+            f"add damping, e.g. {solver}(damping={damping + fix:.2g}), use weight decay, train longer, "
+            f"or use Gauss-Newton curvature ({solver}(curvature=ggn), positive semi-definite at any θ)"
+        )
     return (
-        f"the Hessian (+ damping {damping:g}) is not positive definite: smallest eigenvalue "
-        f"{min_eig:.3g}. The model is not at a minimum (not converged, or non-convex), or the "
-        "objective is flat in some direction (e.g. no weight decay with redundant parameters); "
-        f"add damping, e.g. {solver}(damping={damping + fix:.2g}), use weight decay, or train longer"
+        f"the Gauss-Newton matrix (+ damping {damping:g}) is singular: smallest eigenvalue {min_eig:.3g} "
+        "(it is only semi-definite: flat in directions no training output depends on); add damping, e.g. "
+        f"{solver}(damping={damping + fix:.2g}), or use weight decay"
     )

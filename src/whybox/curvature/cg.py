@@ -17,6 +17,7 @@ class CG(Curvature):
         max_iter: iteration cap (default: 2·p, at least 100).
         residual_tolerance: largest accepted true relative residual (default max(1e-6, 100·rtol)).
         strict: raise ``InaccurateSolveError`` instead of warning when it is missed.
+        curvature: ``"hessian"`` or ``"ggn"`` (Gauss-Newton products; see ``Curvature``).
 
     ``diagnostics`` holds the iterations, whether every column met ``rtol``, and the true relative
     residual (measured by ``Curvature.solve``). Negative curvature (pᵀHp ≤ 0) raises
@@ -24,17 +25,18 @@ class CG(Curvature):
     """
 
     def __init__(self, damping: float = 0.0, rtol: float = 1e-10, max_iter: int | None = None,
-                 residual_tolerance: float | None = None, strict: bool = False) -> None:
+                 residual_tolerance: float | None = None, strict: bool = False, curvature: str = "hessian") -> None:
         if not 0 < rtol < 1:
             raise ValueError(f"rtol must be in (0, 1), got {rtol}")
-        super().__init__(damping, max(1e-6, 100 * rtol) if residual_tolerance is None else residual_tolerance, strict)
+        super().__init__(damping, max(1e-6, 100 * rtol) if residual_tolerance is None else residual_tolerance, strict,
+                         curvature)
         self.rtol = rtol
         self.max_iter = max_iter
 
     def fit(self, objective: Objective) -> CG:
         super().fit(objective)
         if self.damping > 0:  # judge the damping against the top of H's spectrum (a few HVPs)
-            self._check_damping(lanczos(objective.hvp, objective.p, objective.theta, ends="largest").largest)
+            self._check_damping(lanczos(self.undamped, objective.p, objective.theta, ends="largest").largest)
         return self
 
     def _solve(self, B: torch.Tensor) -> torch.Tensor:
@@ -51,7 +53,7 @@ class CG(Curvature):
             pAp = (P[active] * AP).sum(1)
             if (pAp <= 0).any():
                 curv = (pAp / (P[active] * P[active]).sum(1)).min().item()
-                raise NotPositiveDefiniteError(not_pd_message(curv, self.damping, "CG"))
+                raise NotPositiveDefiniteError(not_pd_message(curv, self.damping, "CG", self.curvature))
             alpha = rs[active] / pAp
             X[active] += alpha[:, None] * P[active]
             R[active] -= alpha[:, None] * AP

@@ -17,13 +17,14 @@ class Exact(Curvature):
     applied to the identity), so an ill-conditioned factorisation cannot pass unnoticed.
 
     Args:
-        damping, residual_tolerance, strict: see ``Curvature``.
+        damping, residual_tolerance, strict, curvature: see ``Curvature`` (``curvature="ggn"`` forms
+            the Gauss-Newton matrix from per-example output Jacobians instead of p HVPs).
         max_params: refuse to form H above this many parameters.
     """
 
     def __init__(self, damping: float = 0.0, max_params: int = 20_000, residual_tolerance: float | None = None,
-                 strict: bool = False) -> None:
-        super().__init__(damping, residual_tolerance, strict)
+                 strict: bool = False, curvature: str = "hessian") -> None:
+        super().__init__(damping, residual_tolerance, strict, curvature)
         self.max_params = max_params
 
     def fit(self, objective: Objective) -> Exact:
@@ -33,7 +34,7 @@ class Exact(Curvature):
                 f"Exact would form a {objective.p}x{objective.p} Hessian; for p > {self.max_params} "
                 "use CG or LiSSA, or restrict to a subset of parameters (params=...)"
             )
-        H = objective.hessian()
+        H = objective.curvature_matrix(self.curvature)
         H.diagonal().add_(self.damping)
         self.hessian = H
         self.diagnostics["p"] = objective.p
@@ -41,7 +42,7 @@ class Exact(Curvature):
             evals = torch.linalg.eigvalsh(H)
             low, top = evals[0].item(), evals[-1].item()
             if low <= 1e-12 * abs(top):
-                raise NotPositiveDefiniteError(not_pd_message(low, self.damping, "Exact"))
+                raise NotPositiveDefiniteError(not_pd_message(low, self.damping, "Exact", self.curvature))
             self.diagnostics.update(min_eigenvalue=low, max_eigenvalue=top, condition_number=top / low)
             self._check_damping(top - self.damping)
         elif self.damping > 0:  # only the top eigenvalue is needed, to judge the damping
@@ -50,7 +51,7 @@ class Exact(Curvature):
         chol, info = torch.linalg.cholesky_ex(H)
         if info.item() != 0:
             min_eig = torch.linalg.eigvalsh(H)[0].item()
-            raise NotPositiveDefiniteError(not_pd_message(min_eig, self.damping, "Exact"))
+            raise NotPositiveDefiniteError(not_pd_message(min_eig, self.damping, "Exact", self.curvature))
         self._chol = chol
         return self
 

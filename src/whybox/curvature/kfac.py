@@ -329,7 +329,7 @@ class KFAC(Curvature):
     """
 
     def __init__(self, damping: float = 0.0, fisher: str = "sampled", seed: int = 0) -> None:
-        super().__init__(damping)
+        super().__init__(damping, curvature="ggn")  # a Kronecker-factored Gauss-Newton/Fisher, whatever `fisher` is
         if fisher not in FISHER:
             raise ValueError(f"fisher must be one of {FISHER}, got {fisher!r}")
         self.fisher = fisher

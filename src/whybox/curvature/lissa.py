@@ -56,7 +56,8 @@ class LiSSA(Curvature):
             ``False`` gives the paper's estimator h_t/scale.
         max_rounds: refinement rounds at most; each round solves for the current full-data
             residual and adds the answer, until the residual is ≤ ``residual_tolerance``.
-        residual_tolerance, strict: see ``Curvature`` (default tolerance 1e-4).
+        residual_tolerance, strict, curvature: see ``Curvature`` (default tolerance 1e-4; with
+            ``curvature="ggn"`` the series uses mini-batch Gauss-Newton products).
     """
 
     default_tolerance = 1e-4
@@ -75,8 +76,9 @@ class LiSSA(Curvature):
         max_rounds: int = 10,
         residual_tolerance: float | None = None,
         strict: bool = False,
+        curvature: str = "hessian",
     ) -> None:
-        super().__init__(damping, residual_tolerance, strict)
+        super().__init__(damping, residual_tolerance, strict, curvature)
         for name, value in (("scale", scale), ("depth", depth), ("batch_size", batch_size),
                             ("max_depth", max_depth), ("max_rounds", max_rounds)):
             if value is not None and not value > 0:
@@ -106,12 +108,12 @@ class LiSSA(Curvature):
         )
         if low <= 0:
             raise NotPositiveDefiniteError(
-                not_pd_message(low, self.damping, "LiSSA")
+                not_pd_message(low, self.damping, "LiSSA", self.curvature)
                 + f" (LiSSA then needs damping ≥ {self._fitting_damping(low, top):.2g} to fit max_depth="
                 f"{self.max_depth}; or use {alternative_solver(objective.p)} with damping)"
             )
         if self.damping > 0:  # judged on H itself: λ_max(H) is lost in the rounding of λ_max(H) + damping
-            self._check_damping(lanczos(objective.hvp, objective.p, objective.theta, ends="largest").largest)
+            self._check_damping(lanczos(self.undamped, objective.p, objective.theta, ends="largest").largest)
         self._scale = self.scale or self.scale_margin * top
         # error factor per step: the worse of the two ends (the top only matters for a given scale)
         contraction = max(1 - low / self._scale, abs(1 - top / self._scale))
@@ -179,7 +181,7 @@ class LiSSA(Curvature):
             tail = torch.zeros_like(V)
             for j in range(steps):
                 idx = torch.randint(obj.n, (self._batch,), generator=gen).to(obj.device)
-                h = V + h - (obj.batch_hvp(h, obj.X[idx], obj.y[idx]) + shift * h) / self._scale
+                h = V + h - (obj.batch_curvature_vp(h, obj.X[idx], obj.y[idx], self.curvature) + shift * h) / self._scale
                 ratio = (h.norm(dim=1, keepdim=True) / v_norm).max().item()
                 if not math.isfinite(ratio) or ratio > 10 * (j + 2):
                     raise self._diverged(f"diverged at step {j + 1} (‖h‖/‖v‖ = {ratio:.3g})", 4 * self._scale)

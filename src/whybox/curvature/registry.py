@@ -21,10 +21,12 @@ def default_solver_name(p: int) -> str:
     return "exact" if p <= EXACT_MAX_PARAMS else "cg"
 
 
-def make_solver(name: str = "auto", damping: float = 0.0, p: int | None = None) -> Curvature:
+def make_solver(name: str = "auto", damping: float = 0.0, p: int | None = None, curvature: str = "hessian") -> Curvature:
     """A solver from its name (``auto``, ``exact``, ``cg``, ``lissa``, ``identity``, ``kfac``, ``ekfac``).
 
     ``auto`` needs ``p`` (the number of parameters) and applies ``default_solver_name``.
+    ``curvature`` (``"hessian"`` or ``"ggn"``) goes to the solvers that invert either; ``kfac`` and
+    ``ekfac`` are Gauss-Newton by construction, ``identity`` uses none.
     """
     if name == "auto":
         if p is None:
@@ -32,4 +34,6 @@ def make_solver(name: str = "auto", damping: float = 0.0, p: int | None = None) 
         name = default_solver_name(p)
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; choose one of {['auto', *SOLVERS]}")
+    if name in ("exact", "cg", "lissa"):
+        return SOLVERS[name](damping=damping, curvature=curvature)
     return SOLVERS[name](damping=damping)

@@ -4,6 +4,9 @@ exactly at the moved parameters.
 
     Δθ_U = (H − (1/n) Σ_{i∈U} ∇²L(z_i))⁻¹ (1/n) Σ_{i∈U} ∇L(z_i)
 
+(with a Gauss-Newton curvature, ``curvature="ggn"``, G and the examples' JᵢᵀAᵢJᵢ take the place of
+H and ∇²L(zᵢ)).
+
 Models whose output is linear in θ (linear/logistic regression, a trainable last layer) use a
 rank-C Woodbury update through the fitted solver; other models start from the curvature's dense
 form (small p only).
@@ -57,13 +60,21 @@ def newton_steps(objective: Objective, curvature: Curvature, groups: list[torch.
     H = curvature.dense()
     steps, fell_back = [], []
     for k, (g, gvec) in enumerate(zip(groups, G)):
-        chol, info = torch.linalg.cholesky_ex(H - obj.example_hessians(g.tolist()).sum(0) / n)
+        chol, info = torch.linalg.cholesky_ex(H - _group_curvature(obj, g, curvature.curvature) / n)
         if info.item() != 0:
             fell_back.append(k)
             steps.append(torch.linalg.solve(H, gvec))
         else:
             steps.append(torch.cholesky_solve(gvec[:, None], chol)[:, 0])
     return torch.stack(steps), fell_back
+
+
+def _group_curvature(obj: Objective, rows: torch.Tensor, curvature: str) -> torch.Tensor:
+    """Σ_{i∈U} of the examples' own curvature terms: ∇²L(zᵢ), or JᵢᵀAᵢJᵢ with ``curvature="ggn"``."""
+    if curvature == "ggn":
+        U = obj.gauss_newton_factors(rows)  # [k, p, C]
+        return torch.einsum("kpc,kqc->pq", U, U)
+    return obj.example_hessians(rows.tolist()).sum(0)
 
 
 def _woodbury_steps(obj: Objective, curvature: Curvature, groups: list[torch.Tensor], G: torch.Tensor) -> torch.Tensor:
