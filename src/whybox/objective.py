@@ -199,6 +199,13 @@ class Objective:
         self.X, self.y = self.check_data(X, y, "training")
         self._train_grads: torch.Tensor | None = None
 
+    def __getstate__(self) -> dict:
+        """Pickled without the training-gradient cache (it can be GBs; a Dask worker recomputes
+        only the rows it scores)."""
+        state = self.__dict__.copy()
+        state["_train_grads"] = None
+        return state
+
     # ------------------------------------------------------------------ set-up and validation
     @staticmethod
     def _check_mode(model: nn.Module) -> None:

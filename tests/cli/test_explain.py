@@ -93,6 +93,22 @@ def test_gauss_newton_curvature_equals_the_hessian_on_a_linear_model(capsys):
         assert a["index"] == b["index"] and a["score"] == pytest.approx(b["score"], rel=1e-8)
 
 
+def test_store_on_a_local_dask_cluster_equals_the_in_process_scores(tmp_path, capsys):
+    import zarr
+
+    from whybox.study import DataSettings, load_study
+
+    path = tmp_path / "scores.zarr"
+    code, out, err = run(["explain", "--dataset", "iris", "-q", "--store", path, "--workers", "2"], capsys)
+    assert code == 0, err
+    assert f"wrote {path}" in out
+    study = load_study(DataSettings(dataset="iris"))
+    stored = zarr.open_group(str(path), mode="r")
+    expected = study.attributor.scores(study.X_test, study.y_test).numpy()
+    np.testing.assert_allclose(stored["scores"][:], expected, rtol=1e-10, atol=1e-15)
+    assert stored["done"][:].all() and stored.attrs["sign"] == study.attributor.sign
+
+
 def test_sklearn_on_csv_writes_json_csv_and_report(files, tmp_path, capsys):
     out_dir = tmp_path / "out"
     code, out, err = run(["explain", "--train", files / "train.csv", "--test", files / "test.csv", "--sklearn", "logistic",
@@ -141,6 +157,8 @@ def test_own_torch_model(files, model_args, capsys):
         (["--dataset", "mnist"], "unknown data set"),
         (["--dataset", "iris", "--report", "r.pdf"], ".html"),
         (["--dataset", "iris", "--curvature", "fisher"], "--curvature must be one of hessian, ggn"),
+        (["--dataset", "iris", "--workers", "2"], "add --store"),
+        (["--dataset", "iris", "--store", "s.zarr", "--scheduler", "localhost"], "tcp://host:8786"),
         (["--train", "data.npz", "--model", "lr_ts.pt", "--loss", "hinge"], "hinge"),
     ],
 )

@@ -42,9 +42,24 @@ def test_store_refuses_a_different_problem(binary_lr, tmp_path):
         score_to_store(inf, d.X_test[:3], d.y_test[:3], tmp_path / "t.zarr", scheduler="threads")
 
 
-def test_dask_distributed_backend_gives_the_same_scores(binary_lr, tmp_path):
+def test_dask_cluster_of_worker_processes_gives_the_same_scores(binary_lr, tmp_path):
+    """A real local dask.distributed cluster with two worker processes (not threads)."""
     d, obj = binary_lr
     inf = whybox.InfluenceFunction(obj).fit()
-    arr = score_to_store(inf, d.X_test[:5], d.y_test[:5], tmp_path / "d.zarr", train_chunk=128,
-                         scheduler="distributed", progress=False)
-    torch.testing.assert_close(torch.from_numpy(arr[:]), inf.scores(d.X_test[:5], d.y_test[:5]))
+    arr = score_to_store(inf, d.X_test[:5], d.y_test[:5], tmp_path / "d.zarr", test_chunk=3, train_chunk=64,
+                         scheduler="distributed", workers=2, progress=False)
+    torch.testing.assert_close(torch.from_numpy(arr[:]), inf.scores(d.X_test[:5], d.y_test[:5]), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="needs scheduler='distributed'"):
+        score_to_store(inf, d.X_test[:5], d.y_test[:5], tmp_path / "e.zarr", workers=2)
+
+
+def test_joins_a_running_scheduler_by_address(binary_lr, tmp_path):
+    from dask.distributed import LocalCluster
+
+    d, obj = binary_lr
+    inf = whybox.InfluenceFunction(obj).fit()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        arr = score_to_store(inf, d.X_test[:4], d.y_test[:4], tmp_path / "a.zarr", train_chunk=100,
+                             scheduler=cluster.scheduler_address, progress=False)
+        assert len(cluster.workers) == 1  # the cluster we joined is still there: score_to_store left it running
+    torch.testing.assert_close(torch.from_numpy(arr[:]), inf.scores(d.X_test[:4], d.y_test[:4]), rtol=1e-12, atol=0)

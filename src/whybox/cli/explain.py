@@ -51,6 +51,9 @@ def explain(
     report: Path | None = typer.Option(None, "--report", help="Write a self-contained HTML report here."),
     out: Path | None = typer.Option(None, "--out", help="Write explanations.json, scores.csv and self_scores.csv into this folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the explanation as JSON on stdout (for scripts)."),
+    store: Path | None = typer.Option(None, "--store", help="Also write every test point's scores against every training point to this zarr store (chunked; rerun the same command to resume an interrupted run)."),
+    workers: int = typer.Option(0, "--workers", help="With --store: score on a local Dask cluster of N worker processes (0: in this process)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="With --store: join a running dask.distributed scheduler at this address (e.g. tcp://host:8786)."),
     device: str = typer.Option("cpu", help=help_of(ModelSettings, "device")),
     float32: bool = typer.Option(False, "--float32", help="Keep your model in float32 (default: float64, for accurate influence)."),
     seed: int = typer.Option(0, help=help_of(DataSettings, "seed")),
@@ -62,6 +65,7 @@ def explain(
     With no arguments: L2 logistic regression on the embedded digits, first misclassified test point.
     """
     _check_options(top_k, n_test, validate, sklearn, solver, damping, curvature, report, out)
+    _check_store_options(store, workers, scheduler)
     settings = (
         DataSettings(dataset, train, test, label_column, test_fraction, standardize, seed),
         ModelSettings(model, model_code, model_name, sklearn, C, loss, weight_decay, params,
@@ -69,7 +73,7 @@ def explain(
         MethodSettings(method, solver, damping, curvature),
     )
     try:
-        _explain(settings, test_index, top_k, n_test, validate, report, out, as_json, quiet)
+        _explain(settings, test_index, top_k, n_test, validate, report, out, as_json, quiet, (store, workers, scheduler))
     except FileNotFoundError as err:
         raise BadInput(str(err)) from None
     except (OSError, RuntimeError) as err:  # unwritable paths, a user model failing inside torch
@@ -78,13 +82,13 @@ def explain(
         raise BadInput(one_line(err)) from None
 
 
-def _explain(settings, test_index, top_k, n_test, validate, report, out, as_json, quiet) -> None:
+def _explain(settings, test_index, top_k, n_test, validate, report, out, as_json, quiet, store_options) -> None:
     from tqdm.auto import tqdm
 
     from whybox.report import build_report, explanation_dict, print_explanation, write_outputs, write_report
     from whybox.study import load_study
 
-    with warnings.catch_warnings(), tqdm(total=3, desc="whybox explain", disable=quiet, leave=False, unit="step") as stages:
+    with warnings.catch_warnings(), tqdm(total=3 + (store_options[0] is not None), desc="whybox explain", disable=quiet, leave=False, unit="step") as stages:
         if quiet:
             warnings.simplefilter("ignore")
         stages.set_description("loading data, model and method")
@@ -107,12 +111,36 @@ def _explain(settings, test_index, top_k, n_test, validate, report, out, as_json
             if out is not None:
                 write_outputs(out, data.explanations, study, data.validation)
         stages.update()
+        store = store_options[0]
+        if store is not None:
+            stages.set_description("score store")
+            _write_store(study, *store_options, quiet)
     if as_json:
         typer.echo(json.dumps(explanation_dict(explanations[0]), indent=1))
     else:
         print_explanation(explanations[0], study.class_names)
-        for path in ([report] if report else []) + ([out] if out else []):
+        for path in ([report] if report else []) + ([out] if out else []) + ([store] if store else []):
             typer.echo(f"wrote {path}")
+
+
+def _write_store(study, path: Path, workers: int, scheduler: str | None, quiet: bool) -> None:
+    """The whole [test × train] score matrix into a resumable zarr store, here or on a Dask cluster."""
+    from whybox.engine import score_to_store
+
+    where = scheduler or ("distributed" if workers else None)
+    score_to_store(study.attributor, study.X_test, study.y_test, path, scheduler=where, workers=max(workers, 1),
+                   progress=not quiet)
+
+
+def _check_store_options(store: Path | None, workers: int, scheduler: str | None) -> None:
+    if workers < 0:
+        raise BadInput(f"--workers must be >= 0, got {workers}")
+    if (workers or scheduler) and store is None:
+        raise BadInput("--workers and --scheduler run the --store computation: add --store DIR.zarr")
+    if workers and scheduler:
+        raise BadInput("give either --workers N (start a local cluster) or --scheduler ADDRESS (join one), not both")
+    if scheduler is not None and "://" not in scheduler:
+        raise BadInput(f"--scheduler takes an address like tcp://host:8786, got {scheduler!r}")
 
 
 def _check_options(top_k: int, n_test: int, validate: int, sklearn: str | None, solver: str, damping: float,

@@ -41,6 +41,7 @@ def score_to_store(
     train_chunk: int = 4096,
     scheduler: str | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> Any:
     """Compute ``attributor.scores`` for every (test, train) pair into a zarr store at ``path``; resume if present.
 
@@ -50,10 +51,16 @@ def score_to_store(
         path: a directory (``.zarr``); holds arrays ``scores`` [m, n] and ``done`` [test chunks, train chunks].
         test_chunk, train_chunk: block sizes (memory per task ≈ train_chunk·p + test_chunk·p floats).
         scheduler: ``None``/``"synchronous"`` (in this process), ``"processes"`` (a local process
-            pool), ``"distributed"`` (an in-process ``dask.distributed`` LocalCluster), or a
-            scheduler address ``"tcp://host:8786"`` to join an existing cluster. Threads are
-            refused: ``functional_call`` swaps a module's parameters, which is not thread-safe.
+            pool), ``"distributed"`` (a local ``dask.distributed`` cluster of ``workers`` worker
+            processes, one thread each, started and closed here), or a scheduler address
+            ``"tcp://host:8786"`` to join an existing cluster. Threads are refused:
+            ``functional_call`` swaps a module's parameters, which is not thread-safe.
         progress: show a progress bar over blocks.
+        workers: worker processes of the local cluster (``scheduler="distributed"`` only).
+
+    With a cluster the fitted attributor is sent to every worker once, and each test chunk's
+    factors once; the workers must be able to import the model's class (true for whybox's zoo and
+    for any installed package; a class defined in ``__main__`` travels by value with cloudpickle).
 
     Returns the ``zarr.Array`` (open it later with ``zarr.open(path)["scores"]``).
     """
@@ -67,6 +74,10 @@ def score_to_store(
         )
     if test_chunk < 1 or train_chunk < 1:
         raise ValueError("test_chunk and train_chunk must be >= 1")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers > 1 and scheduler != "distributed":
+        raise ValueError(f"workers={workers} starts a local cluster: it needs scheduler='distributed' (got {scheduler!r})")
     if not isinstance(attributor, Attributor):
         raise TypeError(f"attributor must be a whybox.Attributor, got {type(attributor).__name__}")
     obj = attributor.objective
@@ -89,13 +100,13 @@ def score_to_store(
     tc, rc = scores.chunks
     todo = ~done[:]
     bar = tqdm(total=int(todo.sum()), desc="score blocks", disable=not progress, unit="block")
-    client = _client(scheduler)
+    client = _client(scheduler, workers) if todo.any() else None
     try:
+        a_task = client.scatter(attributor, broadcast=True) if client is not None else dask.delayed(attributor)
         for i in np.nonzero(todo.any(axis=1))[0]:
             rows = slice(i * tc, min((i + 1) * tc, m))
             factors = attributor.test_factors(X[rows], y[rows])
             f_task = client.scatter(factors, broadcast=True) if client is not None else dask.delayed(factors)
-            a_task = client.scatter(attributor, broadcast=True) if client is not None else dask.delayed(attributor)
             cols = [j for j in np.nonzero(todo[i])[0]]
             tasks = [dask.delayed(_score_block)(a_task, f_task, j * rc, min((j + 1) * rc, n)) for j in cols]
             for j, block in zip(cols, _compute(tasks, client, scheduler)):
@@ -106,8 +117,11 @@ def score_to_store(
                                      if isinstance(v, (int, float, str, bool)) or v is None}
     finally:
         bar.close()
-        if client is not None and scheduler == "distributed":
+        if client is not None:  # ours to close; a joined cluster (an address) keeps running
+            cluster = client.cluster if scheduler == "distributed" else None
             client.close()
+            if cluster is not None:
+                cluster.close()
     return scores
 
 
@@ -116,13 +130,15 @@ def _score_block(attributor: Attributor, factors, start: int, stop: int) -> np.n
     return attributor.score_chunk(factors, slice(start, stop)).detach().cpu().numpy()
 
 
-def _client(scheduler: str | None):
+def _client(scheduler: str | None, workers: int):
     if scheduler in (None, "synchronous", "processes"):
         return None
     from dask.distributed import Client, LocalCluster
 
-    if scheduler == "distributed":
-        return Client(LocalCluster(processes=False, threads_per_worker=1, n_workers=1, dashboard_address=None))
+    if scheduler == "distributed":  # one torch thread per worker process: workers × 1 = the cores asked for
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        return Client(cluster)
     if isinstance(scheduler, str) and "://" in scheduler:
         return Client(scheduler)
     raise ValueError(
