@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 import whybox
+from whybox import Objective, zoo
 
 
 def test_per_example_grads_match_a_python_loop_and_do_not_depend_on_chunking(iris_mlp):
@@ -58,3 +61,27 @@ def test_without_gradient_cache_scores_are_streamed_and_identical(binary_lr):
     torch.testing.assert_close(inf.up_loss(d.X_test[:3], d.y_test[:3]), cached)
     torch.testing.assert_close(inf.self_influence([1, 2]), whybox.InfluenceFunction(obj).fit().self_influence([1, 2]))
     assert streaming._train_grads is None  # nothing of size n·p was kept
+
+
+def _autograd_hvp(obj, V):
+    """H·V from forward-over-reverse autograd on every chunk (what the generic path computes)."""
+    out = sum(obj.batch_hvp(V, obj.X[s], obj.y[s]) * (s.stop - s.start) for s in obj.chunks(obj.n))
+    return out / obj.n + obj.decay * V
+
+
+def test_linear_head_hvp_equals_autograd(binary_lr, digits_lr):
+    """GLMs and an explained last layer take the two-GEMM product over the layer's inputs."""
+    d = zoo.load("digits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mlp, _ = zoo.train(zoo.mlp(d.n_features, d.n_classes), "cross_entropy", d.X_train, d.y_train, weight_decay=0.01)
+    last = Objective(mlp.model, "cross_entropy", d.X_train, d.y_train, weight_decay={"2.weight": 0.01, "2.bias": 0.0},
+                     params=["2."])
+    gen = torch.Generator().manual_seed(0)
+    for obj, head in ((binary_lr[1], ""), (digits_lr[1], ""), (last, "2"), (mlp, None)):
+        assert obj._linear_head() == head
+        V = torch.randn(3, obj.p, dtype=obj.dtype, generator=gen)
+        torch.testing.assert_close(obj.hvp(V), _autograd_hvp(obj, V), rtol=1e-10, atol=1e-13)
+    moved = digits_lr[1].with_theta(digits_lr[1].theta * 0.5)  # the cached output Hessians belong to θ̂
+    V = torch.randn(2, moved.p, dtype=moved.dtype, generator=gen)
+    torch.testing.assert_close(moved.hvp(V), _autograd_hvp(moved, V), rtol=1e-10, atol=1e-13)

@@ -198,12 +198,13 @@ class Objective:
         self._set_decay(weight_decay, _name_list(no_decay), [n for n, _ in model.named_parameters()])
         self.X, self.y = self.check_data(X, y, "training")
         self._train_grads: torch.Tensor | None = None
+        self._head_cache: list | None = None  # (layer inputs, output Hessians) of a GLM, see _head_hvp
 
     def __getstate__(self) -> dict:
         """Pickled without the training-gradient cache (it can be GBs; a Dask worker recomputes
         only the rows it scores)."""
         state = self.__dict__.copy()
-        state["_train_grads"] = None
+        state["_train_grads"] = state["_head_cache"] = None
         return state
 
     # ------------------------------------------------------------------ set-up and validation
@@ -453,8 +454,11 @@ class Objective:
 
     # ------------------------------------------------------------------ second derivatives
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
-        """H·v for a batch ``V [k, p]`` (forward-over-reverse, O(np) per vector, H never formed)."""
+        """H·v for a batch ``V [k, p]`` (forward-over-reverse, O(np) per vector, H never formed;
+        for a GLM or an explained last layer, two GEMMs over the layer's inputs: ``_head_hvp``)."""
         V = V.reshape(-1, self.p)
+        if self._linear_head() is not None:
+            return self._head_hvp(V)
         out = torch.zeros_like(V)
         for s in self.chunks(self.n):
             out += self.batch_hvp(V, self.X[s], self.y[s]) * (s.stop - s.start)
@@ -501,6 +505,8 @@ class Objective:
 
     def ggn(self) -> torch.Tensor:
         """The dense Gauss-Newton matrix G, ``[p, p]``, from per-example factors (G = Σ UᵢUᵢᵀ/n + diag(d))."""
+        if self._linear_head() is not None:  # the output is linear in θ: G = H, and its products are cheap
+            return self.hessian()
         C = max(1, math.prod(self.output_shape))
         rows = max(1, min(self.batch_size, 2**23 // (self.p * C)))  # factor chunks of ≤ 64 MiB (float64)
         G = torch.zeros(self.p, self.p, dtype=self.dtype, device=self.device)
@@ -522,6 +528,75 @@ class Objective:
         eye = torch.eye(self.p, dtype=self.dtype, device=self.device)
         H = torch.cat([self.hvp(eye[i : i + block]) for i in range(0, self.p, block)])
         return 0.5 * (H + H.T)
+
+    def _linear_head(self) -> str | None:
+        """The name of the one ``nn.Linear`` whose weight (and bias) are exactly the explained
+        parameters, if the model has one and its output is the model's output [N, C]; else None."""
+        if getattr(self, "_head", False) is not False:
+            return self._head
+        self._head = None
+        for name, module in self.model.named_modules():
+            prefix = f"{name}." if name else ""
+            own = {f"{prefix}weight"} | ({f"{prefix}bias"} if module.bias is not None else set()) \
+                if isinstance(module, nn.Linear) else set()
+            if own and own == set(self.param_names) and len(self.output_shape) <= 1:
+                inputs, out = self._head_inputs(name, self.X[:4])
+                if inputs is not None and torch.equal(out.reshape(len(out), -1), self.outputs(self.X[:4]).reshape(len(out), -1)):
+                    self._head = name
+                break
+        return self._head
+
+    def _head_inputs(self, name: str, X: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(inputs [N, d], outputs [N, C]) of the Linear module ``name`` for the rows X."""
+        module = self.model.get_submodule(name)
+        seen: list = []
+        handle = module.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+        try:
+            with torch.no_grad():
+                self.outputs(X)
+        finally:
+            handle.remove()
+        if len(seen) != 1 or seen[0][0].ndim != 2:
+            return None, None
+        return seen[0]
+
+    def _head_hvp(self, V: torch.Tensor) -> torch.Tensor:
+        """H·V for a model whose explained parameters are one Linear layer producing the output
+        (a GLM, or a last layer on frozen features). Its per-example Hessian is Aᵢ ⊗ ãᵢãᵢᵀ (ãᵢ =
+        [aᵢ, 1] the layer's input, Aᵢ the loss Hessian in the outputs), so H·v is two small GEMMs
+        over the layer's inputs: O(n·C·d) per vector, no autograd. Inputs and Aᵢ are cached while
+        they fit in ``cache_bytes``."""
+        name = self._linear_head()
+        module = self.model.get_submodule(name)
+        C, d, bias = module.out_features, module.in_features, module.bias is not None
+        prefix = f"{name}." if name else ""
+        offsets = dict(zip(self.param_names, np.cumsum([0, *self.sizes[:-1]]).tolist()))
+        index = offsets[f"{prefix}weight"] + torch.arange(C * d, device=self.device).reshape(C, d)
+        if bias:  # column d of W̃ = [W, b] is the bias
+            index = torch.cat([index, offsets[f"{prefix}bias"] + torch.arange(C, device=self.device)[:, None]], dim=1)
+        W = V[:, index]  # [k, C, d̃]
+        out = torch.zeros_like(V)
+        for a, A in self._head_terms(name, bias):
+            JV = torch.einsum("bj,kcj->kbc", a, W)  # each example's output change
+            out[:, index] += torch.einsum("bce,kbe,bj->kcj", A, JV, a)  # through the output Hessian, back onto W̃
+        return out / self.n + self.decay * V
+
+    def _head_terms(self, name: str, bias: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(ã [B, d̃], A [B, C, C]) over training chunks; kept in memory when they fit in ``cache_bytes``."""
+        if self._head_cache is not None:
+            yield from self._head_cache
+            return
+        loss_of_out = lambda o, t: self.loss_fn(o.reshape(self.output_shape), t)  # noqa: E731
+        terms = []
+        for s in self.chunks(self.n):
+            a, out = self._head_inputs(name, self.X[s])
+            if bias:
+                a = torch.cat([a, a.new_ones(len(a), 1)], dim=1)
+            A = vmap(hessian(loss_of_out))(out.reshape(len(a), -1), self.y[s]).detach()
+            terms.append((a.detach(), A))
+            yield terms[-1]
+        if sum(a.numel() + A.numel() for a, A in terms) * self.theta.element_size() <= self.cache_bytes:
+            self._head_cache = terms
 
     def gauss_newton_factors(self, rows) -> torch.Tensor:
         """U_i = J_iᵀ A_i^{1/2} for training rows, ``[k, p, C]``: J_i the output Jacobian, A_i the
@@ -599,7 +674,7 @@ class Objective:
         clone = object.__new__(Objective)
         clone.__dict__.update(self.__dict__)
         clone.theta = theta.detach().to(self.dtype).reshape(-1)
-        clone._train_grads = None
+        clone._train_grads = clone._head_cache = None
         return clone
 
     def with_data(self, X, y) -> Objective:

@@ -1,0 +1,112 @@
+"""Small digits tasks side by side with other libraries: time to influence scores and agreement with exact.
+
+    /path/to/bench-venv/bin/python benchmarks/peers/bench_small.py          # LR, MLP, CNN
+    ... bench_small.py --tasks digits_lr --repeats 5
+
+Install the other libraries in a separate venv (benchmarks/peers/README.md says how: their wheels pin
+other torch builds). Every method runs in this one process on the same trained model, the same 5 test
+points and the same 1,200 training points (scikit-learn digits, float64), after one shared torch.func
+warm-up; the time is the best of ``--repeats`` runs of fit + scores (so a cold start's one-off cost is
+not counted for anyone). Agreement: Pearson r of all 5 × 1,200 scores with whybox ``Exact`` (the
+dense (H + λI)⁻¹, checked by its residual) — |r|, since libraries differ in sign convention.
+
+The curvature is the same for everyone: H of the mean training loss plus (weight decay + damping)·I
+(dattri: ``regularization``); whybox's own settings are its defaults except the solver named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import whybox
+from whybox.evaluation.benchmark import TASKS
+from whybox.utils import machine_info, markdown_table
+
+
+def whybox_method(solver: str, **kwargs):
+    def run(task, obj, X, y):
+        obj._train_grads = None  # no cached gradients from a previous run
+        curvature = whybox.make_solver(solver, damping=task.damping, p=obj.p, **kwargs)
+        return whybox.InfluenceFunction(obj, curvature).fit().scores(X, y)
+    return run
+
+
+def dattri_method(kind: str, **kwargs):
+    def run(task, obj, X, y):
+        from dattri.algorithm.influence_function import IFAttributorCG, IFAttributorExplicit
+        from dattri.task import AttributionTask
+
+        model = obj.model
+
+        def loss(params, data):
+            x, t = data
+            return torch.nn.functional.cross_entropy(torch.func.functional_call(model, params, x), t)
+
+        task_ = AttributionTask(loss_func=loss, model=model, checkpoints=model.state_dict())
+        cls = {"cg": IFAttributorCG, "explicit": IFAttributorExplicit}[kind]
+        att = cls(task=task_, regularization=obj.weight_decay + task.damping, **kwargs)
+        train = DataLoader(TensorDataset(obj.X, obj.y), batch_size=obj.n)
+        att.cache(train)
+        with torch.no_grad():
+            return att.attribute(train, DataLoader(TensorDataset(X, y), batch_size=len(X))).T
+    return run
+
+
+METHODS = {
+    "whybox Exact": whybox_method("exact"),
+    "whybox CG": whybox_method("cg"),
+    "dattri CG (defaults: 10 iterations)": dattri_method("cg"),
+    "dattri CG (200 iterations, tol 1e-10)": dattri_method("cg", max_iter=200, tol=1e-10),
+    "dattri Explicit": dattri_method("explicit"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=["digits_lr", "digits_mlp", "digits_cnn"])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--test", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    rows = []
+    for name in args.tasks:
+        task = TASKS[name]
+        obj, X_test, y_test, grad_norm, _ = task.train()
+        X, y = X_test[: args.test], y_test[: args.test]
+        reference = whybox_method("exact")(task, obj, X, y).reshape(-1).numpy()  # also the warm-up
+        for method in args.methods:
+            times, scores = [], None
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                try:
+                    scores = METHODS[method](task, obj, X, y)
+                except Exception as err:  # a library that cannot run this task: say so in the table
+                    scores = err
+                    break
+                times.append(time.perf_counter() - start)
+            if isinstance(scores, Exception):
+                rows.append({"task": name, "p": obj.p, "method": method, "seconds": float("nan"),
+                             "vs whybox best": float("nan"), "|r| vs exact": float("nan"),
+                             "note": f"{type(scores).__name__}: {str(scores)[:60]}"})
+                continue
+            r = np.corrcoef(scores.detach().reshape(-1).double().numpy(), reference)[0, 1]
+            rows.append({"task": name, "p": obj.p, "method": method, "seconds": min(times),
+                         "vs whybox best": float("nan"), "|r| vs exact": abs(r), "note": ""})
+        ours = [r["seconds"] for r in rows if r["task"] == name and r["method"].startswith("whybox")]
+        for r in rows:
+            if r["task"] == name:
+                r["vs whybox best"] = r["seconds"] / min(ours)
+    print(machine_info())
+    print(markdown_table(rows))
+
+
+if __name__ == "__main__":
+    main()
