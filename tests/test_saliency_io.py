@@ -94,6 +94,24 @@ def test_a_tiny_testbed_cnn_learns_and_caches(tmp_path):
     assert torch.allclose(model(x), again(x))
 
 
+def test_the_shipped_demo_weights_load_and_reach_the_reported_accuracy(tmp_path):
+    """`saliency --demo` trains nothing: the default settings load the weights shipped in the package,
+    and they score on the held-out test-bed exactly what scripts/train_saliency_testbed.py reported."""
+    from whybox.saliency.testbed import DEFAULTS, SHIPPED, testbed_accuracy
+
+    assert SHIPPED.exists() and SHIPPED.stat().st_size < 1_000_000
+    model, info = load_or_train(tmp_path / "empty-cache", progress=False)
+    assert info["source"] == "shipped" and info["cached"] is True
+    assert not (tmp_path / "empty-cache").exists()           # nothing trained, nothing cached
+    assert {k: info[k] for k in DEFAULTS} == DEFAULTS
+    acc = testbed_accuracy(model, info["size"], info["seed"], info["n_test"])  # recomputed independently of the file
+    assert acc == pytest.approx(info["test_accuracy"], abs=0.5 / info["n_test"])
+    assert acc > 0.9                                          # chance is 0.1
+    again, _ = load_or_train(tmp_path, progress=False)
+    x = make_testbed(3, 32, "test", seed=4).images
+    assert torch.equal(model(x), again(x))
+
+
 # --- loading ---------------------------------------------------------------------------------------
 
 def test_python_model_with_state_dict_and_torchscript(tmp_path):
