@@ -182,12 +182,31 @@ def test_bad_estimators_are_refused(small):
     tree = DecisionTreeClassifier().fit(X, y)
     tree.coef_ = np.zeros((1, X.shape[1]))  # looks fitted, still unsupported
     tree.intercept_ = np.zeros(1)
-    with pytest.raises(TypeError, match="unsupported estimator"):
+    with pytest.raises(TypeError, match="DecisionTreeClassifier is not supported"):
         adapters.from_sklearn(tree, X, y)
     with pytest.raises(ValueError, match="features"):
         adapters.from_sklearn(Ridge(alpha=1.0).fit(X, y), X[:, :3], y)
     with pytest.raises(ValueError, match="C must be"):
         adapters.fit_sklearn("logistic", X, y, C=0.0)
+
+
+def test_a_fitted_random_forest_is_refused_as_unsupported_not_as_unfitted(small):
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y, _, _ = small
+    forest = RandomForestClassifier(n_estimators=3, random_state=0).fit(X, y)
+    with pytest.raises(TypeError) as err:
+        adapters.from_sklearn(forest, X, y)
+    text = str(err.value)
+    assert "RandomForestClassifier is not supported" in text and "not fitted" not in text
+    assert "not differentiable in its parameters" in text
+    assert all(name in text for name in ("LogisticRegression", "LinearSVC", "Ridge"))
+    with pytest.raises(TypeError, match="RandomForestClassifier is not supported"):  # unfitted: the same answer
+        adapters.from_sklearn(RandomForestClassifier(), X, y)
+    from sklearn.neighbors import KNeighborsClassifier
+
+    with pytest.raises(TypeError, match="no adapter for KNeighborsClassifier"):
+        adapters.from_sklearn(KNeighborsClassifier().fit(X, y), X, y)
 
 
 def test_unconverged_sklearn_fit_is_warned(small):
@@ -198,4 +217,30 @@ def test_unconverged_sklearn_fit_is_warned(small):
     with pytest.warns(RuntimeWarning, match="not a minimum") as caught:
         _, adapted = adapters.from_sklearn(est, X, y)
     assert adapted.stationarity.relative > 1e-3
-    assert f"{adapted.stationarity.grad_norm:.3g}" in str(caught[0].message)
+    message = str(caught[0].message)
+    assert f"{adapted.stationarity.grad_norm:.3g}" in message
+    assert "stopped at max_iter=2" in message and "raise max_iter" in message
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1   # one warning, not two
+
+
+def test_max_iter_2_warns_and_max_iter_1000_does_not(small):
+    """The same model and data: the unconverged fit is warned about, the converged one is silent."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y, _, _ = small
+    for max_iter, warned in ((2, True), (1000, False)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est = LogisticRegression(C=1.0, max_iter=max_iter).fit(X, y)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, adapted = adapters.from_sklearn(est, X, y)
+        raised = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert bool(raised) is warned, (max_iter, raised)
+        assert (adapted.stationarity.relative > 1e-3) is warned
+        if warned:
+            assert "raise max_iter" in raised[0]
+        else:
+            assert int(np.max(est.n_iter_)) < max_iter                 # it converged before the cap

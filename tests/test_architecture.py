@@ -64,3 +64,18 @@ def test_only_the_objective_calls_parameter_autograd():
     influence_side = [m for m in modules() if not m.startswith(("whybox.saliency", "whybox.applications"))]
     bad = [f"{m} imports {i}" for m in influence_side if m not in allowed for i in imports(modules()[m]) if i in autograd]
     assert bad == []
+
+
+def test_one_model_loader_and_no_global_matplotlib_backend():
+    """One home for loading a model file (whybox.io.load_model, used by every verb), and no module sets
+    matplotlib's global backend (figures are built with matplotlib.figure.Figure)."""
+    loaders, backend_calls = [], []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef) and node.name == "load_model":
+                loaders.append(name)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "use" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "matplotlib":
+                backend_calls.append(name)
+    assert loaders == ["whybox.io"]
+    assert backend_calls == []

@@ -133,9 +133,64 @@ def _no_decay(intercept_mode: str) -> tuple[str, ...]:
     return ("bias",) if intercept_mode == "free" else ()
 
 
+SUPPORTED = "LogisticRegression (L2), LinearSVC (L2) and Ridge"
+
+
+def _check_supported(est) -> None:
+    """Refuse anything but the supported linear models, before asking whether it is fitted."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.svm import LinearSVC
+
+    if isinstance(est, (LogisticRegression, LinearSVC, Ridge)):
+        return
+    name = type(est).__name__
+    if type(est).__module__.startswith(("sklearn.tree", "sklearn.ensemble")):
+        why = (f"{name} is a tree model: piecewise constant, not differentiable in its parameters, so it has no "
+               "gradient or Hessian for influence functions to use")
+    else:
+        why = f"whybox has no adapter for {name}"
+    raise TypeError(
+        f"{name} is not supported ({why}). Supported: {SUPPORTED}; for another differentiable model, write it "
+        "in PyTorch and build a whybox.Objective (docs/sklearn.md)"
+    )
+
+
 def _check_fitted(est) -> None:
     if not hasattr(est, "coef_"):
         raise ValueError(f"{type(est).__name__} is not fitted: call .fit(X, y) first")
+
+
+def _iterations(est) -> tuple[int, int] | None:
+    """(iterations run, max_iter) when the estimator records both, else None."""
+    n_iter, max_iter = getattr(est, "n_iter_", None), getattr(est, "max_iter", None)
+    if n_iter is None or max_iter is None:
+        return None
+    return int(np.max(np.asarray(n_iter))), int(max_iter)
+
+
+def _check_converged(est, stationarity: Stationarity, threshold: float, smoothed: bool, stacklevel: int) -> None:
+    """Warn, naming the scikit-learn fix, when the fitted θ̂ is not a minimum of its objective."""
+    if stationarity.relative <= threshold:
+        return
+    name = type(est).__name__
+    its = _iterations(est)
+    if its is not None and its[0] >= its[1]:
+        why = f" {name} stopped at max_iter={its[1]} (n_iter_ = {its[0]}) before converging."
+        fix = (f"raise max_iter (e.g. {name}(max_iter={max(1000, 10 * its[1])})) and refit; standardising the "
+               "features also helps the solver converge")
+    elif smoothed:
+        why = " The hinge solution is not a minimum of the smoothed hinge whybox differentiates."
+        fix = "refit with loss='squared_hinge' for exact influence, or read the scores as approximate"
+    else:
+        why = ""
+        fix = "refit with a smaller tol and a larger max_iter"
+    warnings.warn(
+        f"θ̂ of the fitted {name} is not a minimum of the training objective: ‖∇R(θ̂)‖ = "
+        f"{stationarity.grad_norm:.3g}, {stationarity.relative:.3g} of the RMS per-example gradient norm "
+        f"(threshold {threshold:g}).{why} Influence assumes ∇R(θ̂) = 0, so scores may be wrong: {fix}",
+        RuntimeWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def adapt(estimator, n_train: int, hinge_temperature: float = 1e-3, dtype: torch.dtype = torch.float64) -> SklearnModel:
@@ -150,6 +205,7 @@ def adapt(estimator, n_train: int, hinge_temperature: float = 1e-3, dtype: torch
 
     if n_train < 1:
         raise ValueError(f"n_train must be >= 1, got {n_train}")
+    _check_supported(estimator)
     _check_fitted(estimator)
     name = type(estimator).__name__
     coef, intercept = np.asarray(estimator.coef_, dtype=float), np.asarray(estimator.intercept_, dtype=float)
@@ -192,15 +248,18 @@ def adapt(estimator, n_train: int, hinge_temperature: float = 1e-3, dtype: torch
         mode = "free" if fit_intercept else "fixed"
         module = LinearScore(coef, intercept if fit_intercept else 0.0, intercept_mode=mode, squeeze=coef.ndim == 1, dtype=dtype)
         return SklearnModel(module, "squared_error", float(alpha) / n_train, None, no_decay=_no_decay(mode))
-    raise TypeError(f"unsupported estimator {name}; use LogisticRegression, LinearSVC or Ridge")
+    raise TypeError(f"unsupported estimator {name}; use {SUPPORTED}")
 
 
-def from_sklearn(estimator, X, y, hinge_temperature: float = 1e-3, dtype: torch.dtype = torch.float64) -> tuple[Objective, SklearnModel]:
+def from_sklearn(estimator, X, y, hinge_temperature: float = 1e-3, dtype: torch.dtype = torch.float64,
+                 stationarity_threshold: float = 1e-3) -> tuple[Objective, SklearnModel]:
     """An ``Objective`` at a fitted sklearn linear model's parameters, on its training data ``(X, y)``.
 
     Returns ``(objective, adapted)``; ``adapted.encode(y_test)`` turns sklearn labels into targets.
     ``adapted.stationarity`` says how close the fit is to the optimum (``Objective.stationarity``);
-    a ``RuntimeWarning`` is raised when it is too far (e.g. ``max_iter`` too small).
+    a ``RuntimeWarning`` naming the fix (raise ``max_iter``) is raised when its ``relative`` exceeds
+    ``stationarity_threshold``. Models other than LogisticRegression, LinearSVC and Ridge (e.g. a
+    RandomForestClassifier, not differentiable in its parameters) are refused with a ``TypeError``.
 
     Example::
 
@@ -217,7 +276,11 @@ def from_sklearn(estimator, X, y, hinge_temperature: float = 1e-3, dtype: torch.
         raise ValueError(f"X has {X.shape[1]} features but the model was fitted on {adapted.module.weight.shape[1]}")
     obj = Objective(adapted.module, adapted.loss, torch.tensor(X, dtype=dtype), adapted.encode(y),
                     weight_decay=adapted.weight_decay, no_decay=adapted.no_decay)
-    adapted.stationarity = obj.check_stationary(stacklevel=3)
+    if not (np.isfinite(stationarity_threshold) and stationarity_threshold > 0):
+        raise ValueError(f"stationarity_threshold must be a finite number > 0, got {stationarity_threshold}")
+    adapted.stationarity = obj.stationarity()
+    _check_converged(estimator, adapted.stationarity, stationarity_threshold, "SmoothHinge" in adapted.note,
+                     stacklevel=3)
     return obj, adapted
 
 

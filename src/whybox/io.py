@@ -3,7 +3,8 @@
 Data: ``.npz`` (arrays ``X``, ``y``; optionally ``X_test``, ``y_test``), ``.csv`` (a header row, one
 label column, numeric feature columns) or a folder of images with one sub-folder per class.
 
-Models: a TorchScript file (``torch.jit.save``), or a Python file that builds the model plus a
+Models (``load_model``, the one loader for every verb): a TorchScript file (``torch.jit.save``), a
+``torch.export`` program (``.pt2``), or a Python file that builds the model, optionally plus a
 state-dict checkpoint loaded with ``torch.load(weights_only=True)`` — no arbitrary objects are ever
 unpickled. Every problem raises ``ValueError`` (or ``FileNotFoundError``) with one line naming the
 problem and the fix.
@@ -294,26 +295,60 @@ class TorchScriptModel(nn.Module):
         return super().train(mode)
 
 
+class ExportedModel(nn.Module):
+    """A ``torch.export`` program (``.pt2``) as an ordinary module.
+
+    An exported program is frozen in the mode it was exported in and refuses ``train()``/``eval()``;
+    this wrapper accepts them (they only set the flag), so code that switches modes works on it.
+    """
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        self.program = program
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        return self
+
+
 def load_model(path: PathLike, code: PathLike | None = None, name: str | None = None) -> nn.Module:
-    """A model from a TorchScript file, or from ``code`` (a .py file) plus a state-dict checkpoint.
+    """The one model loader: a TorchScript file, a ``torch.export`` program, or Python code (+ weights).
 
     Args:
-        path: the TorchScript file (``torch.jit.save``) or, with ``code``, a state-dict checkpoint
-            (``torch.save(model.state_dict(), path)``; a dict with a ``"state_dict"`` entry works too).
+        path: a TorchScript file (``torch.jit.save``); a ``.pt2`` program (``torch.export.save``,
+            exported with a dynamic batch dimension); a ``.py`` file that builds the model with its
+            own weights; or, with ``code``, a state-dict checkpoint (``torch.save(model.state_dict(),
+            path)``; a dict with a ``"state_dict"`` entry works too), read with ``weights_only=True``.
         code: a Python file defining the model; ``name`` is the class or zero-argument function
             that builds it (default: ``build_model`` if defined, else the file's only ``nn.Module``
             subclass).
+
+    Returns the model in eval mode. No file is ever unpickled beyond plain tensors.
     """
     p = _exists(path, "model")
+    if code is None and p.suffix == ".py":
+        return build_from_code(p, name).eval()
+    if code is None and p.suffix == ".pt2":
+        try:
+            program = torch.export.load(str(p)).module()
+        except Exception as err:  # noqa: BLE001 - any failure means "not an exported program"
+            raise ValueError(f"model {p.name} is not a torch.export program saved with torch.export.save "
+                             f"({one_line(err)})") from None
+        return ExportedModel(program).eval()
     if code is None:
         try:
             scripted = torch.jit.load(str(p), map_location="cpu")
         except Exception as err:  # noqa: BLE001 - any failure means "not TorchScript"
             raise ValueError(
                 f"model {p.name} is not a TorchScript file ({one_line(err)}); for a state-dict "
-                "checkpoint also pass --model-code FILE.py"
+                "checkpoint also give the Python file that builds the model"
             ) from None
         return TorchScriptModel(scripted).eval()
+    if p.suffix == ".py":
+        raise ValueError(f"model {p.name} is Python code; give the weights file as the model and the code file as the code")
     module = build_from_code(code, name)
     try:
         state = torch.load(str(p), map_location="cpu", weights_only=True)

@@ -102,8 +102,11 @@ def mismatch(
     removed: int = typer.Option(20, help=help_of(ReadmissionConfig, "children_removed")),
     test_index: int | None = typer.Option(None, help=help_of(MismatchSettings, "test_index")),
     out: Path = typer.Option(Path("whybox-out/mismatch"), help="Directory for mismatch.png/.json/.txt."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Generate a readmission population missing most non-readmitted children, train logistic regression and diagnose a wrongly predicted test child: paper §5.3."""
+    from tqdm.auto import tqdm
+
     from whybox.applications.mismatch import debug_mismatch
     from whybox.report.usecases import mismatch_summary, save_mismatch
     from whybox.zoo.populations import make_readmission
@@ -116,9 +119,17 @@ def mismatch(
         raise BadInput(str(err)) from None
     if weight_decay < 0:
         raise BadInput("--weight-decay must be >= 0")
-    diag = debug_mismatch(make_readmission(cfg), MismatchSettings(weight_decay=weight_decay, test_index=test_index,
-                                                                  seed=seed))
-    paths = save_mismatch(diag, out)
+    # one bar over the whole run, closed (by the with) before any error line is printed
+    with tqdm(total=3, desc="whybox mismatch", unit="step", leave=False, disable=not progress) as bar:
+        bar.set_postfix_str("generating the population")
+        data = make_readmission(cfg)
+        bar.update()
+        bar.set_postfix_str("training logistic regression (mismatched and full population), influence")
+        diag = debug_mismatch(data, MismatchSettings(weight_decay=weight_decay, test_index=test_index, seed=seed))
+        bar.update()
+        bar.set_postfix_str("figure and files")
+        paths = save_mismatch(diag, out)
+        bar.update()
     typer.echo(mismatch_summary(diag))
     typer.echo(f"generator: {cfg}")
     typer.echo(f"wrote {paths['png']}, {paths['json']}, {paths['txt']}")

@@ -151,8 +151,11 @@ def compare(
     pixel_logistic: bool = typer.Option(True, help="Also compare plain logistic regression on pixels."),
     pretrain_iter: int = typer.Option(100, help="L-BFGS iterations for pretraining the frozen CNN."),
     seed: int = typer.Option(0, help="Seed of the split and the networks."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Compare which training points an RBF SVM and a network on learned features rely on (paper Fig 4)."""
+    from tqdm.auto import tqdm
+
     import whybox
     from whybox import zoo
     from whybox.applications.compare import agreed_test_points, compare_models
@@ -165,28 +168,41 @@ def compare(
     if features not in ("exact", "rff"):
         raise BadInput(f"--features must be exact or rff; got {features!r}")
     out.mkdir(parents=True, exist_ok=True)
-    split, extractor, _ = _setup(_pair(pair), seed, pretrain_iter)
-    attributors = {}
-    for build in (lambda: zoo.rbf_svm(split, gamma=gamma or None, features=features, temperature=temperature, seed=seed),
-                  lambda: zoo.frozen_network(split, extractor),
-                  *([lambda: zoo.pixel_logistic(split)] if pixel_logistic else [])):
-        obj, info = build()
-        attributors[info["model"]] = whybox.InfluenceFunction(obj, whybox.Exact()).fit()
-    try:
-        picks = agreed_test_points(attributors, split.X_test, split.y_test, n_test)
-    except ValueError:
-        raise BadInput("no test point is classified right by every model; try another --pair") from None
-    result = compare_models(attributors, split.X_train, split.y_train, split.X_test, split.y_test, picks,
-                            CompareSettings(n_test=n_test))
-    summary = result.summary()
-    png = out / "compare.png"
-    p0 = result.points[0]
-    plot_comparison(p0, split.y_train, split.raw_train, split.raw_test[p0.test_index], png, class_names=split.class_names)
-    report = result.to_dict()
-    report["settings"].update(pair=pair, n_train=len(split.X_train),
-                              distance="squared Euclidean distance between standardised pixel vectors")
-    report["png"] = str(png)
-    write_json(out / "compare.json", report)
+    builds = {"RBF SVM": lambda: zoo.rbf_svm(split, gamma=gamma or None, features=features, temperature=temperature,
+                                             seed=seed),
+              "network on learned features": lambda: zoo.frozen_network(split, extractor),
+              **({"logistic regression on pixels": lambda: zoo.pixel_logistic(split)} if pixel_logistic else {})}
+    # one bar over the whole run, closed (by the with) before any error line is printed
+    with tqdm(total=len(builds) + 3, desc="whybox compare", unit="step", leave=False, disable=not progress) as bar:
+        bar.set_postfix_str("pretraining the feature extractor")
+        split, extractor, _ = _setup(_pair(pair), seed, pretrain_iter)
+        bar.update()
+        attributors = {}
+        for what, build in builds.items():
+            bar.set_postfix_str(f"fitting the {what}")
+            obj, info = build()
+            attributors[info["model"]] = whybox.InfluenceFunction(obj, whybox.Exact()).fit()
+            bar.update()
+        bar.set_postfix_str("scoring training points")
+        try:
+            picks = agreed_test_points(attributors, split.X_test, split.y_test, n_test)
+        except ValueError:
+            raise BadInput("no test point is classified right by every model; try another --pair") from None
+        result = compare_models(attributors, split.X_train, split.y_train, split.X_test, split.y_test, picks,
+                                CompareSettings(n_test=n_test))
+        bar.update()
+        bar.set_postfix_str("figure and JSON")
+        summary = result.summary()
+        png = out / "compare.png"
+        p0 = result.points[0]
+        plot_comparison(p0, split.y_train, split.raw_train, split.raw_test[p0.test_index], png,
+                        class_names=split.class_names)
+        report = result.to_dict()
+        report["settings"].update(pair=pair, n_train=len(split.X_train),
+                                  distance="squared Euclidean distance between standardised pixel vectors")
+        report["png"] = str(png)
+        write_json(out / "compare.json", report)
+        bar.update()
     from rich.console import Console
     from rich.table import Table
 

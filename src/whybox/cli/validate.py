@@ -21,6 +21,7 @@ def validate(
     influence (order 1 and order 2), retrain without each point, and print Pearson/Spearman."""
     from rich.console import Console
     from rich.table import Table
+    from tqdm.auto import tqdm
 
     import whybox
     from whybox import zoo
@@ -31,11 +32,23 @@ def validate(
     if min(tests, top_k) < 1 or random_k < 0:
         raise ValueError("tests and top-k must be >= 1, random-k >= 0")
     d = zoo.load("digits")
-    net = zoo.logistic_regression(64, 10) if model == "lr" else zoo.mlp(64, 10, hidden=(32,))
-    obj, res = zoo.train(net, "cross_entropy", d.X_train, d.y_train, weight_decay=weight_decay)
-    inf = whybox.InfluenceFunction(obj, whybox.Exact(damping=damping)).fit()
-    worst = obj.losses(d.X_test, d.y_test).topk(min(tests, len(d.X_test))).indices.tolist()
-    rows = run_validation(inf, d.X_test, d.y_test, worst, top_k=top_k, random_k=random_k, progress=not quiet)
+    n_points = min(tests, len(d.X_test))
+    # one bar over the whole run (closed, by the with, before any error line is printed): train, fit, then
+    # one step per test point, whose leave-one-out retrainings show their own bars underneath
+    with tqdm(total=2 + n_points, desc="whybox validate", unit="step", leave=False, disable=quiet) as bar:
+        bar.set_postfix_str("training the reference model")
+        net = zoo.logistic_regression(64, 10) if model == "lr" else zoo.mlp(64, 10, hidden=(32,))
+        obj, res = zoo.train(net, "cross_entropy", d.X_train, d.y_train, weight_decay=weight_decay)
+        bar.update()
+        bar.set_postfix_str("fitting influence")
+        inf = whybox.InfluenceFunction(obj, whybox.Exact(damping=damping)).fit()
+        bar.update()
+        worst = obj.losses(d.X_test, d.y_test).topk(n_points).indices.tolist()
+        rows = []
+        for k, j in enumerate(worst):
+            bar.set_postfix_str(f"test point {k + 1}/{n_points}: retraining")
+            rows += run_validation(inf, d.X_test, d.y_test, [j], top_k=top_k, random_k=random_k, progress=not quiet)
+            bar.update()
     console = Console()
     console.print(f"digits {model}: n={obj.n}, p={obj.p}, ‖∇R(θ̂)‖={res.grad_norm:.1e}, solver {inf.curvature!r}")
     table = Table(title="predicted vs actual leave-one-out change of the test loss")

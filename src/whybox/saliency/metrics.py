@@ -12,7 +12,8 @@ from torch import nn
 
 from whybox.saliency._common import _logits, gaussian_blur
 
-__all__ = ["Curve", "deletion_curve", "insertion_curve", "pointing_game", "iou_top_area", "mask_iou"]
+__all__ = ["Curve", "deletion_curve", "insertion_curve", "pointing_game", "max_point", "box_distance", "iou_top_area",
+           "mask_iou"]
 
 
 @dataclass
@@ -96,8 +97,8 @@ def insertion_curve(model: nn.Module, images: torch.Tensor, heatmap: torch.Tenso
     return _curve(model, images, heatmap, targets, _baseline(images, baseline, blur_sigma), images, steps, seed, batch)
 
 
-def _argmax_point(heat: torch.Tensor) -> tuple[int, int]:
-    """The maximum's position. Ties (a plateau, e.g. a mask clamped at 0) go to the tied pixel whose
+def max_point(heat: torch.Tensor) -> tuple[int, int]:
+    """The maximum's position (row, col) in a heat map [H, W]. Ties (a plateau, e.g. a mask clamped at 0) go to the tied pixel whose
     neighbourhood is strongest (heat smoothed with σ = 1 px), i.e. the centre of the main blob."""
     top = heat >= heat.max() - 1e-6 * max(1.0, float(heat.abs().max()))
     if int(top.sum()) > 1:
@@ -111,15 +112,23 @@ def _argmax_point(heat: torch.Tensor) -> tuple[int, int]:
 
 def pointing_game(heatmap: torch.Tensor, boxes: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor:
     """[N] bool: does the map's maximum fall inside the object box (row0, col0, row1, col1; half-open),
-    grown by ``tolerance`` pixels? Ties go to the centre of the strongest blob (see ``_argmax_point``)."""
+    grown by ``tolerance`` pixels? Ties go to the centre of the strongest blob (see ``max_point``)."""
     if heatmap.ndim != 3 or boxes.shape != (heatmap.shape[0], 4):
         raise ValueError(f"need heat maps [N, H, W] and boxes [N, 4], got {tuple(heatmap.shape)} and {tuple(boxes.shape)}")
     hits = []
     for hm, b in zip(heatmap, boxes):
-        r, c = _argmax_point(hm)
+        r, c = max_point(hm)
         r0, c0, r1, c1 = (float(v) for v in b)
         hits.append(r0 - tolerance <= r < r1 + tolerance and c0 - tolerance <= c < c1 + tolerance)
     return torch.tensor(hits)
+
+
+def box_distance(point: tuple[int, int], box) -> int:
+    """How many pixels a (row, col) lies outside a box (row0, col0, row1, col1; half-open): 0 inside,
+    else the larger of the row and column gaps (``pointing_game`` with ``tolerance`` ≥ this is a hit)."""
+    r, c = point
+    r0, c0, r1, c1 = (int(v) for v in box)
+    return max(r0 - r, 0, r - (r1 - 1), c0 - c, c - (c1 - 1))
 
 
 def mask_iou(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

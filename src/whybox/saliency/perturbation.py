@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from whybox.saliency._common import SaliencyResult, Targets, class_probs, gaussian_blur, overlay, prepare
+from whybox.saliency._common import SaliencyResult, Targets, _logits, class_probs, gaussian_blur, overlay, prepare
 
 __all__ = ["MeaningfulPerturbation", "PerturbationResult", "perturbation_reference", "shift_images"]
 
@@ -69,7 +69,9 @@ class PerturbationResult(SaliencyResult):
     mask [N, H, W] (1 = keep, upsampled), mask_lowres [N, h, w], heatmap [N, H, W] (1 − mask for
     deletion, mask for preservation), perturbed [N, C, H, W] = Φ(x; m), prob_before/prob_after [N],
     loss_curve [T, N] (total loss per iteration or function evaluation), converged (L-BFGS only);
-    extra["final_objective"] [N]: the loss of the final mask without jitter (comparable across optimisers).
+    class_after [N] / class_prob_after [N]: the class the model predicts on the perturbed image and its
+    probability (what a deletion turns the image into); extra["final_objective"] [N]: the loss of the
+    final mask without jitter (comparable across optimisers).
     """
 
     mask: torch.Tensor = None  # type: ignore[assignment]
@@ -81,6 +83,8 @@ class PerturbationResult(SaliencyResult):
     perturbation: str = "blur"
     optimizer: str = "adam"
     converged: bool | None = None
+    class_after: torch.Tensor = None  # type: ignore[assignment]
+    class_prob_after: torch.Tensor = None  # type: ignore[assignment]
 
     @property
     def fraction_deleted(self) -> torch.Tensor:
@@ -265,7 +269,9 @@ class MeaningfulPerturbation:
                 up = self._upsample(m, (h, w))
                 ref = perturbation_reference(x, self.perturbation, s["blur_sigma"], self.noise_std, gen)
                 perturbed = up * x + (1 - up) * ref
-                p1 = class_probs(self.model, perturbed, t)
+                probs_after = torch.softmax(_logits(self.model, perturbed), 1)
+                p1 = probs_after.gather(1, t[:, None])[:, 0]
+                prob_top, class_top = probs_after.max(1)
                 # the objective without jitter (τ = 0): comparable between Adam and L-BFGS
                 final = self._regulariser(m) + (p1 if self.mode == "delete" else 1 - p1)
         finally:
@@ -280,4 +286,4 @@ class MeaningfulPerturbation:
             seconds=time.perf_counter() - t0,
             extra={"settings": s, "final_objective": final} | ({"lbfgs_message": self._lbfgs_message} if self.optimizer == "lbfgs" else {}), mask=mask, mask_lowres=m[:, 0],
             perturbed=perturbed, prob_after=p1, loss_curve=curve, mode=self.mode, perturbation=self.perturbation,
-            optimizer=self.optimizer, converged=converged)
+            optimizer=self.optimizer, converged=converged, class_after=class_top, class_prob_after=prob_top)

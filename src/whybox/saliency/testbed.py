@@ -6,7 +6,7 @@ larger RGB canvas of smooth coloured noise plus random clutter strokes. The obje
 is known exactly, so the pointing game and mask-vs-object IoU can be scored.
 
     tb = make_testbed(n=200, size=32, split="test", seed=1)   # Testbed: images [n,3,32,32], labels, boxes
-    model = load_or_train(cache_dir=None)                      # trains once (~1 min on 2 cores), then cached
+    model, info = load_or_train()                              # the weights shipped with whybox (no training)
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter, zoom
 from torch import nn
 
-__all__ = ["Testbed", "make_testbed", "testbed_cnn", "train_testbed_model", "load_or_train", "default_cache_dir"]
+__all__ = ["Testbed", "make_testbed", "testbed_cnn", "train_testbed_model", "testbed_accuracy", "load_or_train",
+           "default_cache_dir", "DEFAULTS", "SHIPPED"]
 
 _VERSION = 3
 
@@ -135,37 +136,53 @@ def testbed_cnn(n_classes: int = 10, width: int = 16, seed: int = 0) -> nn.Modul
     )
 
 
+#: The demo model's training settings. ``load_or_train()`` with these loads the weights shipped in the
+#: package (``SHIPPED``), written by ``scripts/train_saliency_testbed.py`` with exactly these settings.
+DEFAULTS = {"n_train": 4000, "size": 32, "epochs": 8, "width": 16, "seed": 0}
+SHIPPED = Path(__file__).with_name("testbed_cnn.pt")
+
+
 def train_testbed_model(n_train: int = 4000, size: int = 32, epochs: int = 8, width: int = 16,
                         seed: int = 0, batch_size: int = 64, lr: float = 3e-3, n_test: int = 1000,
                         progress: bool = True) -> tuple[nn.Module, dict]:
-    """Train :func:`testbed_cnn` on a fresh training test-bed with Adam + cosine decay.
-    Returns the model (eval mode) and a dict with the accuracy on ``n_test`` held-out test images."""
+    """Train :func:`testbed_cnn` on a fresh training test-bed with Adam + one-cycle schedule.
+    Returns the model (eval mode) and a dict with the accuracy on ``n_test`` held-out test images
+    (``make_testbed(n_test, size, "test", seed + 1)``). ``progress`` shows one bar over all steps."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     train = make_testbed(n_train, size, "train", seed)
-    test = make_testbed(n_test, size, "test", seed + 1)
     model = testbed_cnn(width=width, seed=seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * ((n_train + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    per_epoch = (n_train + batch_size - 1) // batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * per_epoch)
     gen = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in tqdm(range(epochs), desc="training test-bed CNN", disable=not progress):
-        perm = torch.randperm(n_train, generator=gen)
-        for s in range(0, n_train, batch_size):
-            idx = perm[s:s + batch_size]
-            loss = F.cross_entropy(model(train.images[idx]), train.labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+    with tqdm(total=epochs * per_epoch, desc="training the test-bed CNN", unit="step", disable=not progress) as bar:
+        for epoch in range(epochs):
+            perm = torch.randperm(n_train, generator=gen)
+            for s in range(0, n_train, batch_size):
+                idx = perm[s:s + batch_size]
+                loss = F.cross_entropy(model(train.images[idx]), train.labels[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update(1)
+            bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss.item():.3f}")
     model.eval()
-    with torch.no_grad():
-        acc = float((model(test.images).argmax(1) == test.labels).float().mean())
-    info = {"test_accuracy": acc, "n_train": n_train, "size": size, "epochs": epochs, "width": width,
-            "seed": seed, "train_seconds": time.perf_counter() - t0, "version": _VERSION}
+    acc = testbed_accuracy(model, size, seed, n_test)
+    info = {"test_accuracy": acc, "n_test": n_test, "n_train": n_train, "size": size, "epochs": epochs,
+            "width": width, "seed": seed, "batch_size": batch_size, "lr": lr,
+            "train_seconds": time.perf_counter() - t0, "version": _VERSION}
     return model, info
+
+
+def testbed_accuracy(model: nn.Module, size: int = 32, seed: int = 0, n_test: int = 1000) -> float:
+    """Accuracy on the held-out images ``make_testbed(n_test, size, "test", seed + 1)``."""
+    test = make_testbed(n_test, size, "test", seed + 1)
+    with torch.no_grad():
+        return float((model(test.images).argmax(1) == test.labels).float().mean())
 
 
 def default_cache_dir() -> Path:
@@ -173,20 +190,30 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("WHYBOX_CACHE", Path.home() / ".cache" / "whybox"))
 
 
+def _load(path: Path, width: int, seed: int) -> tuple[nn.Module, dict]:
+    blob = torch.load(path, weights_only=True)
+    model = testbed_cnn(width=width, seed=seed)
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), dict(blob["info"])
+
+
 def load_or_train(cache_dir: os.PathLike | None = None, retrain: bool = False, progress: bool = True,
                   **train_kwargs) -> tuple[nn.Module, dict]:
-    """The demo model: load the cached state dict (``weights_only=True``) or train and cache it."""
+    """The demo model. With the default settings (``DEFAULTS``) it loads the weights shipped in the
+    package (no training); otherwise it loads the cached state dict, or trains (with a progress bar)
+    and caches it. Files are read with ``weights_only=True``. ``info["source"]`` says which:
+    ``"shipped"``, ``"cache"`` or ``"trained"``."""
+    kw = DEFAULTS | train_kwargs
+    if kw == DEFAULTS and not retrain and SHIPPED.exists():
+        model, info = _load(SHIPPED, kw["width"], kw["seed"])
+        return model, info | {"cache": str(SHIPPED), "cached": True, "source": "shipped"}
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    kw = {"n_train": 4000, "size": 32, "epochs": 8, "width": 16, "seed": 0} | train_kwargs
     name = f"saliency_testbed_v{_VERSION}_n{kw['n_train']}_s{kw['size']}_e{kw['epochs']}_w{kw['width']}_seed{kw['seed']}.pt"
     path = cache / name
     if path.exists() and not retrain:
-        blob = torch.load(path, weights_only=True)
-        model = testbed_cnn(width=kw["width"], seed=kw["seed"])
-        model.load_state_dict(blob["state_dict"])
-        model.eval()
-        return model, dict(blob["info"]) | {"cache": str(path), "cached": True}
+        model, info = _load(path, kw["width"], kw["seed"])
+        return model, info | {"cache": str(path), "cached": True, "source": "cache"}
     model, info = train_testbed_model(progress=progress, **kw)
     cache.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "info": info}, path)
-    return model, info | {"cache": str(path), "cached": False}
+    return model, info | {"cache": str(path), "cached": False, "source": "trained"}
