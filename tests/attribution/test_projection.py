@@ -153,6 +153,29 @@ def test_conv_and_dense_fallback_projection_of_the_explicit_gradient():
     torch.testing.assert_close(ours[:, -5:], G[:, left] @ P_left.T, rtol=1e-10, atol=1e-13)
 
 
+def test_projected_curvature_is_p_times_the_full_curvature_times_p_transposed():
+    """G̃ = P (F + D + λI) Pᵀ with P built explicitly: block diagonal of P_out ⊗ P_in per layer (in θ's
+    layer-matrix positions) and the dense fallback projection; per-parameter decay included."""
+    gen = torch.Generator().manual_seed(0)
+    X, y = torch.randn(30, 2, 4, 4, generator=gen, dtype=DT), torch.randint(0, 4, (30,), generator=gen)
+    decay = {"conv.weight": 0.02, "conv.bias": 0.0, "norm.weight": 0.03, "norm.bias": 0.01,
+             "fc.weight": 0.01, "fc.bias": 0.0, "shared.weight": 0.005, "shared.bias": 0.002}
+    obj = whybox.Objective(ConvNet(), "cross_entropy", X, y, weight_decay=decay, batch_size=7)
+    with pytest.warns(RuntimeWarning, match="dense Gaussian projection"):
+        att = ProjectedInfluence(obj, dim_in=3, dim_out=2, dim_left=4, layer_dims={"fc": (None, 3)}, damping=1e-3).fit()
+    P = torch.zeros(att.dim, obj.p, dtype=DT)
+    for pl in att.projections:
+        P_out = torch.eye(pl.layer.d_out, dtype=DT) if pl.P_out is None else pl.P_out
+        P_in = torch.eye(pl.layer.d_in, dtype=DT) if pl.P_in is None else pl.P_in
+        P[pl.offset : pl.offset + pl.k, pl.layer.index] = torch.kron(P_out, P_in)
+    left = [i for n in ("norm.weight", "norm.bias") for i in range(sum(obj.sizes[: obj.param_names.index(n)]),
+                                                                   sum(obj.sizes[: obj.param_names.index(n) + 1]))]
+    P[-4:, left] = att.left_projection.matrix()
+    assert [(p.k_out, p.k_in) for p in att.projections] == [(2, 3), (3, 13), (2, 3)]
+    torch.testing.assert_close(att.curvature.dense(), P @ empirical_fisher(obj, 1e-3) @ P.T, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(att.projected_grads(), obj.grads() @ P.T, rtol=1e-10, atol=1e-13)
+
+
 def test_dense_projection_in_blocks_equals_the_whole_matrix(monkeypatch):
     """A dense projection too large to keep is regenerated block by block from the seed: same matrix."""
     from whybox.attribution import projection
