@@ -421,15 +421,14 @@ class ProjectedInfluence(Attributor):
         obj = self.objective
         keep = obj.n * self._k * obj.theta.element_size() <= obj.cache_bytes
         F = torch.zeros(self._k, self._k, dtype=torch.float64, device=obj.device)
-        kept = []
-        for _, cg in self._passes(obj.X, obj.y):
+        cache = torch.empty(obj.n, self._k, dtype=obj.dtype, device=obj.device) if keep else None
+        for s, cg in self._passes(obj.X, obj.y):
             G = self._project(cg)[0]
             if self.fisher == "empirical":
                 F += (G.T @ G).double()
             if keep:
-                kept.append(G)
-        if keep:
-            self._cache = torch.cat(kept)
+                cache[s] = G
+        self._cache = cache
         if self.fisher != "empirical":
             F = self._fisher_sum()
         return F / obj.n
@@ -524,23 +523,21 @@ class ProjectedInfluence(Attributor):
         the store, or recomputed (when n·k does not fit in ``objective.cache_bytes`` and no store)."""
         self._check_fitted()
         rows = self.rows(train_idx)
+        span = _as_slice(rows)
         if self._cache is not None:
-            return self._cache[rows]
+            return self._cache[span] if span is not None else self._cache[rows]
         if self._zarr is not None:
-            import numpy as np
-
             if isinstance(self._zarr, str):
                 import zarr
 
                 self._zarr = zarr.open_group(self.store, mode="r")["projected_grads"]
-            r = rows.cpu().numpy()
-            if len(r) and np.array_equal(r, np.arange(r[0], r[0] + len(r))):
-                block = self._zarr[int(r[0]) : int(r[0]) + len(r)]
+            if span is not None:
+                block = self._zarr[span]
             else:
-                block = self._zarr.get_orthogonal_selection((r, slice(None)))
+                block = self._zarr.get_orthogonal_selection((rows.cpu().numpy(), slice(None)))
             return torch.from_numpy(block).to(self.objective.device)
-        obj = self.objective
-        return torch.cat([self._project(cg)[0] for _, cg in self._passes(obj.X[rows], obj.y[rows])])
+        obj, sel = self.objective, rows if span is None else span
+        return torch.cat([self._project(cg)[0] for _, cg in self._passes(obj.X[sel], obj.y[sel])])
 
     # ------------------------------------------------------------------ the Attributor interface
     def test_factors(self, X_test, y_test) -> torch.Tensor:
@@ -567,6 +564,16 @@ class ProjectedInfluence(Attributor):
             G = self.projected_grads(rows[s])
             out.append((G.double() * self.curvature.solve(G)).sum(1).to(self.objective.dtype))
         return torch.cat(out)
+
+
+def _as_slice(rows: torch.Tensor) -> slice | None:
+    """``rows`` as a slice when they are one increasing run (views instead of copies), else None."""
+    if len(rows) == 0:
+        return None
+    start, stop = int(rows[0]), int(rows[-1]) + 1
+    if stop - start != len(rows) or (len(rows) > 1 and not bool((rows[1:] - rows[:-1] == 1).all())):
+        return None
+    return slice(start, stop)
 
 
 def _check_dim(name: str, value: int | None) -> None:
