@@ -1,7 +1,8 @@
-"""K-FAC / EK-FAC influence at scale: time in epochs of forward+backward, memory, agreement.
+"""K-FAC / EK-FAC / projected influence at scale: time in epochs of forward+backward, memory, agreement.
 
     python benchmarks/bench_kfac.py                    # MLP 256-512-10 (136,714 params), n = 10,000
     python benchmarks/bench_kfac.py --n 10000 50000    # and n = 50,000
+    python benchmarks/bench_kfac.py --methods projected --proj-dim 32   # only the projected method
     python benchmarks/bench_kfac.py --quick            # n = 2,000, 20 test points (a smoke run)
 
 Synthetic data (a 10-class Gaussian mixture in 256 dimensions, no downloads), a ReLU MLP trained
@@ -15,6 +16,13 @@ Each method runs in a fresh process (its own peak RSS):
 * epoch = one pass of forward+backward over the n training points in the same chunks (best of 3);
 * agreement (1 − Pearson r, and the relative error) = the same curvature the slow way, ``InfluenceFunction(obj, curvature)`` (per-example
   gradients by vmap, ``curvature.solve`` on flat vectors), on ``--check-rows`` training rows.
+* projected (``ProjectedInfluence(obj, dim_in=d, dim_out=d)``, empirical Fisher, d = ``--proj-dim``):
+  the slow way is exact influence in the same projected space built from explicit per-example
+  gradients of all n training points (vmap), projected with ``project_flat``; the projected
+  curvature P(F + λI)Pᵀ is formed from them and from the columns of P (``project_flat`` of identity
+  blocks), Cholesky-solved in float64, and scored on ``--check-rows`` rows ("curvature rel. error"
+  compares the two projected curvatures). "2nd query s": scores of the same 100 test points again
+  after fitting (the projected training gradients are cached: test projection + one GEMM).
 
 Prints a markdown table headed by the machine and versions; writes it as JSON to --out.
 """
@@ -75,6 +83,35 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def projected_slow_way(fast: whybox.ProjectedInfluence, Xt, yt, rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact influence in the same projected space, from explicit per-example gradients (see the module text).
+    Returns the scores ``[m, len(rows)]`` and the projected curvature (float64)."""
+    obj = fast.objective
+    k = fast.dim
+    F = torch.zeros(k, k, dtype=torch.float64)
+    for _, g in obj.iter_grads(obj.X, obj.y):
+        gt = fast.project_flat(g).double()
+        F += gt.T @ gt
+    F /= obj.n
+    # P diag(decay + damping) Pᵀ row by row: row (a, b) of a layer's P_out ⊗ P_in is the layer matrix
+    # outer(P_out[a], P_in[b]); scaled by the decay and projected, it gives one row of the matrix
+    if fast.left_projection is not None:
+        raise NotImplementedError("the slow way here covers factored layers only")
+    decay = obj.decay + fast.damping
+    for pl in fast.projections:
+        P_out = torch.eye(pl.layer.d_out, dtype=obj.dtype) if pl.P_out is None else pl.P_out
+        P_in = torch.eye(pl.layer.d_in, dtype=obj.dtype) if pl.P_in is None else pl.P_in
+        pairs = torch.cartesian_prod(torch.arange(pl.k_out), torch.arange(pl.k_in))
+        for chunk in pairs.split(64):
+            V = torch.zeros(len(chunk), obj.p, dtype=obj.dtype)
+            V[:, pl.layer.index] = (P_out[chunk[:, 0], :, None] * P_in[chunk[:, 1], None, :]).reshape(len(chunk), -1)
+            rows_of = pl.offset + chunk[:, 0] * pl.k_in + chunk[:, 1]
+            F[rows_of] += fast.project_flat(V * decay).double()
+    chol = torch.linalg.cholesky(F)
+    S = torch.cholesky_solve(fast.project_flat(obj.grads(Xt, yt)).double().T, chol).T
+    return S @ fast.project_flat(obj.grads(obj.X[rows], obj.y[rows])).double().T / obj.n, F
+
+
 def run_method(path: str, method: str, args: argparse.Namespace, queue) -> None:
     """In a fresh process: time fit + scores, peak RSS, then agreement with the flat route."""
     torch.set_num_threads(args.threads)
@@ -92,27 +129,46 @@ def run_method(path: str, method: str, args: argparse.Namespace, queue) -> None:
     for p in model.parameters():
         p.grad = None
     base = rss_mib()
-    curvature = {"KFAC": whybox.KFAC, "EKFAC": whybox.EKFAC}[method](damping=args.damping)
-    start = time.perf_counter()
-    fast = whybox.KFACInfluence(obj, curvature).fit()
-    fitted = time.perf_counter()
-    scores = fast.scores(Xt, yt)
-    done = time.perf_counter()
-    peak = rss_mib()
     rows = torch.randperm(n, generator=torch.Generator().manual_seed(1))[: args.check_rows]
-    start_slow = time.perf_counter()
-    slow = whybox.InfluenceFunction(obj, curvature).fit().scores(Xt, yt, rows).double()
-    slow_s = time.perf_counter() - start_slow
+    second, curvature_error = "n/a", "n/a"
+    if method == "projected":
+        start = time.perf_counter()
+        fast = whybox.ProjectedInfluence(obj, dim_in=args.proj_dim, dim_out=args.proj_dim, damping=args.damping).fit()
+        fitted = time.perf_counter()
+        scores = fast.scores(Xt, yt)
+        done = time.perf_counter()
+        second = -time.perf_counter()
+        fast.scores(Xt, yt)
+        second += time.perf_counter()
+        peak = rss_mib()
+        start_slow = time.perf_counter()
+        slow, F_slow = projected_slow_way(fast, Xt, yt, rows)
+        slow_s = time.perf_counter() - start_slow
+        curvature_error = float((fast.curvature.dense() - F_slow).norm() / F_slow.norm())
+        label = f"projected {args.proj_dim}x{args.proj_dim} (k = {fast.dim}, empirical)"
+    else:
+        curvature = {"KFAC": whybox.KFAC, "EKFAC": whybox.EKFAC}[method](damping=args.damping)
+        start = time.perf_counter()
+        fast = whybox.KFACInfluence(obj, curvature).fit()
+        fitted = time.perf_counter()
+        scores = fast.scores(Xt, yt)
+        done = time.perf_counter()
+        peak = rss_mib()
+        start_slow = time.perf_counter()
+        slow = whybox.InfluenceFunction(obj, curvature).fit().scores(Xt, yt, rows).double()
+        slow_s = time.perf_counter() - start_slow
+        label = f"{method} ({curvature.fisher})"
     ours = scores[:, rows].double()
     per_test = [float(np.corrcoef(ours[j], slow[j])[0, 1]) for j in range(len(slow))]
     queue.put({
-        "n": n, "method": f"{method} ({curvature.fisher})", "fit s": fitted - start, "scores s": done - fitted,
+        "n": n, "method": label, "fit s": fitted - start, "scores s": done - fitted,
         "total s": done - start, "epoch s": epoch, "total / epoch": (done - start) / epoch,
         "process warm-up s": warm_up, "peak RSS MiB": peak, "peak RSS before fit MiB": base,
         "1 - pearson (all pairs)": 1 - float(np.corrcoef(ours.reshape(-1), slow.reshape(-1))[0, 1]),
         "1 - min pearson (per test)": 1 - min(per_test),
         "rel. error": float((ours - slow).norm() / slow.norm()),
         f"slow way s ({len(rows)} rows)": slow_s,
+        "2nd query s": second, "curvature rel. error": curvature_error,
     })
 
 
@@ -120,7 +176,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="*", default=[10_000], help="training-set sizes")
     ap.add_argument("--tests", type=int, default=100, help="test points")
-    ap.add_argument("--methods", nargs="*", default=["KFAC", "EKFAC"], choices=["KFAC", "EKFAC"])
+    ap.add_argument("--methods", nargs="*", default=["KFAC", "EKFAC", "projected"], choices=["KFAC", "EKFAC", "projected"])
+    ap.add_argument("--proj-dim", type=int, default=32, help="projected method: dim_in = dim_out per layer")
     ap.add_argument("--damping", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each run")
     ap.add_argument("--check-rows", type=int, default=500, help="training rows for the slow-way agreement")
@@ -150,6 +207,15 @@ def main() -> None:
                 print(markdown_table(rows[-1:]), flush=True)
     print()
     print(markdown_table(rows))
+    sizes = sorted({r["n"] for r in rows})
+    if len(sizes) > 1:
+        for method in dict.fromkeys(r["method"].split(" (")[0] for r in rows):
+            by_n = {r["n"]: r for r in rows if r["method"].split(" (")[0] == method}
+            if sizes[0] in by_n and sizes[-1] in by_n:
+                a, b = by_n[sizes[0]], by_n[sizes[-1]]
+                slope = np.log(b["total s"] / a["total s"]) / np.log(sizes[-1] / sizes[0])
+                print(f"{method}: log-log slope of total time in n ({sizes[0]} -> {sizes[-1]}) = {slope:.2f}; "
+                      f"peak RSS {a['peak RSS MiB']:.0f} -> {b['peak RSS MiB']:.0f} MiB")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_kfac.json").write_text(json.dumps({"machine": machine_info(), "rows": rows}, indent=1))

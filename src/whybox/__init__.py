@@ -23,6 +23,7 @@ from whybox.attribution import (
                                 TracIn,
 )
 from whybox.attribution.kfac import KFACInfluence
+from whybox.attribution.projection import ProjectedInfluence
 from whybox.curvature import (
                                 CG,
                                 EKFAC,
@@ -45,7 +46,7 @@ from whybox.study import DataSettings, MethodSettings, ModelSettings, Study, loa
 __version__ = "0.1.0"
 
 __all__ = [
-    "Objective", "Attributor", "SIGN_CONVENTION", "InfluenceFunction", "KFACInfluence", "Curvature", "Exact", "CG",
+    "Objective", "Attributor", "SIGN_CONVENTION", "InfluenceFunction", "KFACInfluence", "ProjectedInfluence", "Curvature", "Exact", "CG",
     "LiSSA", "Identity", "KFAC", "EKFAC", "make_solver", "SmoothHinge", "NotPositiveDefiniteError", "LiSSADivergenceError", "InaccurateSolveError", "adapters", "score_to_store",
     "load_study", "Study", "DataSettings", "ModelSettings", "MethodSettings", "__version__",
     "GradientSimilarity", "EuclideanSimilarity", "TracIn", "CheckpointRecorder", "Representer", "FastIF", "GroupInfluence",

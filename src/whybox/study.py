@@ -62,10 +62,11 @@ class ModelSettings(Settings):
 class MethodSettings(Settings):
     """How training points are scored."""
 
-    method: str = setting("Attributor: influence, fastif, gradient_dot, gradient_cosine, euclidean, representer, or FILE.py:CLASS for your own whybox.Attributor subclass.", "influence")
+    method: str = setting("Attributor: influence, projected, fastif, gradient_dot, gradient_cosine, euclidean, representer, or FILE.py:CLASS for your own whybox.Attributor subclass.", "influence")
     solver: str = setting("Inverse-HVP solver of influence: auto (exact up to 5,000 parameters, else cg), exact, cg, lissa, identity, kfac, ekfac.", "auto")
     damping: float = setting("Added to the Hessian's diagonal (needed for non-convex or non-converged models).", 0.0)
     curvature: str = setting("What the solver inverts: hessian (the paper's H) or ggn (Gauss-Newton: positive semi-definite at any θ, for networks not at a minimum; = H for linear models). kfac/ekfac are always Gauss-Newton.", "hessian")
+    projection_dim: int = setting("Method projected: each factored layer's gradient is projected to projection_dim × projection_dim (inputs × outputs).", 32)
 
 
 def _influence(objective: Objective, method: MethodSettings) -> Attributor:
@@ -76,6 +77,14 @@ def _influence(objective: Objective, method: MethodSettings) -> Attributor:
     curvature = make_solver(method.solver, method.damping, objective.p, method.curvature)
     factored = isinstance(curvature, (KFAC, EKFAC))
     return (KFACInfluence if factored else InfluenceFunction)(objective, curvature)
+
+
+def _projected(objective: Objective, method: MethodSettings) -> Attributor:
+    """Influence in a random Kronecker projection of the gradients (empirical Fisher, exact there)."""
+    from whybox.attribution.projection import ProjectedInfluence
+
+    return ProjectedInfluence(objective, dim_in=method.projection_dim, dim_out=method.projection_dim,
+                              damping=method.damping)
 
 
 def _fastif(objective: Objective, method: MethodSettings) -> Attributor:
@@ -90,6 +99,7 @@ def _builtin_methods() -> dict[str, Callable[[Objective, MethodSettings], Attrib
 
     return {
         "influence": _influence,
+        "projected": _projected,
         "fastif": _fastif,
         "gradient_dot": lambda objective, _: GradientSimilarity(objective, "dot"),
         "gradient_cosine": lambda objective, _: GradientSimilarity(objective, "cosine"),

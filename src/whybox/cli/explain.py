@@ -44,6 +44,7 @@ def explain(
     solver: str = typer.Option("auto", help=help_of(MethodSettings, "solver")),
     damping: float = typer.Option(0.0, help=help_of(MethodSettings, "damping")),
     curvature: str = typer.Option("hessian", help=help_of(MethodSettings, "curvature")),
+    projection_dim: int = typer.Option(32, help=help_of(MethodSettings, "projection_dim")),
     test_index: int | None = typer.Option(None, help="Test point to explain (default: the first misclassified one)."),
     top_k: int = typer.Option(5, help="How many helpful and harmful training points to list."),
     n_test: int = typer.Option(8, help="Test points in the report's chooser and in --out files."),
@@ -64,13 +65,13 @@ def explain(
 
     With no arguments: L2 logistic regression on the embedded digits, first misclassified test point.
     """
-    _check_options(top_k, n_test, validate, sklearn, solver, damping, curvature, report, out)
+    _check_options(top_k, n_test, validate, sklearn, solver, damping, curvature, report, out, projection_dim)
     _check_store_options(store, workers, scheduler)
     settings = (
         DataSettings(dataset, train, test, label_column, test_fraction, standardize, seed),
         ModelSettings(model, model_code, model_name, sklearn, C, loss, weight_decay, params,
                       class_order.split(",") if class_order else None, device, not float32),
-        MethodSettings(method, solver, damping, curvature),
+        MethodSettings(method, solver, damping, curvature, projection_dim),
     )
     try:
         _explain(settings, test_index, top_k, n_test, validate, report, out, as_json, quiet, (store, workers, scheduler))
@@ -144,7 +145,7 @@ def _check_store_options(store: Path | None, workers: int, scheduler: str | None
 
 
 def _check_options(top_k: int, n_test: int, validate: int, sklearn: str | None, solver: str, damping: float,
-                   curvature: str, report, out) -> None:
+                   curvature: str, report, out, projection_dim: int) -> None:
     if top_k < 1:
         raise BadInput(f"--top-k must be >= 1, got {top_k}")
     if n_test < 1:
@@ -161,5 +162,7 @@ def _check_options(top_k: int, n_test: int, validate: int, sklearn: str | None, 
         raise BadInput(f"--damping must be >= 0, got {damping}")
     if curvature not in CURVATURES:
         raise BadInput(f"--curvature must be one of {', '.join(CURVATURES)}; got {curvature!r}")
+    if projection_dim < 1:
+        raise BadInput(f"--projection-dim must be >= 1, got {projection_dim}")
     if report is not None and Path(report).suffix.lower() not in (".html", ".htm"):
         raise BadInput(f"--report should name an .html file, got {str(report)!r}")
