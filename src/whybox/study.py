@@ -63,7 +63,7 @@ class MethodSettings(Settings):
     """How training points are scored."""
 
     method: str = setting("Attributor: influence, fastif, gradient_dot, gradient_cosine, euclidean, representer, or FILE.py:CLASS for your own whybox.Attributor subclass.", "influence")
-    solver: str = setting("Inverse-HVP solver of influence: auto (exact up to 5,000 parameters, else cg), exact, cg, lissa, identity, kfac, ekfac.", "auto")
+    solver: str = setting("Inverse-HVP solver of influence: auto (exact up to 5,000 parameters, else cg), exact, cg, lissa, identity, kfac, ekfac, arnoldi (top-100 eigenpairs).", "auto")
     damping: float = setting("Added to the Hessian's diagonal (needed for non-convex or non-converged models).", 0.0)
 
 

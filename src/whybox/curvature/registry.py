@@ -3,6 +3,7 @@ loader and the applications turn ``"auto"``/``"exact"``/``"cg"``/... into a solv
 
 from __future__ import annotations
 
+from whybox.curvature.arnoldi import Arnoldi
 from whybox.curvature.base import Curvature
 from whybox.curvature.cg import CG
 from whybox.curvature.ekfac import EKFAC
@@ -12,7 +13,7 @@ from whybox.curvature.kfac import KFAC
 from whybox.curvature.lissa import LiSSA
 
 SOLVERS: dict[str, type[Curvature]] = {"exact": Exact, "cg": CG, "lissa": LiSSA, "identity": Identity,
-                                       "kfac": KFAC, "ekfac": EKFAC}
+                                       "kfac": KFAC, "ekfac": EKFAC, "arnoldi": Arnoldi}
 EXACT_MAX_PARAMS = 5000  # above this many parameters the default is CG: forming H costs O(p²·n)
 
 
@@ -22,7 +23,7 @@ def default_solver_name(p: int) -> str:
 
 
 def make_solver(name: str = "auto", damping: float = 0.0, p: int | None = None) -> Curvature:
-    """A solver from its name (``auto``, ``exact``, ``cg``, ``lissa``, ``identity``, ``kfac``, ``ekfac``).
+    """A solver from its name (``auto``, ``exact``, ``cg``, ``lissa``, ``identity``, ``kfac``, ``ekfac``, ``arnoldi``).
 
     ``auto`` needs ``p`` (the number of parameters) and applies ``default_solver_name``.
     """
