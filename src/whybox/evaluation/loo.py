@@ -50,6 +50,28 @@ def loo_ground_truth(
     return torch.stack(cols, dim=1)
 
 
+def group_ground_truth(
+    objective: Objective,
+    X_test,
+    y_test,
+    groups: Sequence[Sequence[int]],
+    tol: float = 1e-10,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Actual test-loss change after removing each whole group and retraining, ``[m, len(groups)]``:
+    ``zoo.retrain`` from θ̂ without the group's rows (normaliser n kept), as ``loo_ground_truth``
+    does for one point, from the same baseline (θ̂, or ``retrain_baseline`` when θ̂ is not stationary
+    to ``tol``)."""
+    X, y = objective.check_data(X_test, y_test, "test")
+    stationary = objective.stationarity().grad_norm <= tol
+    base = objective.losses(X, y, theta=None if stationary else retrain_baseline(objective, tol=tol).theta)
+    cols = []
+    for g in tqdm(list(groups), desc="group retraining", disable=not progress, leave=False):
+        theta = retrain(objective, remove=[int(i) for i in g], tol=tol).theta
+        cols.append(objective.losses(X, y, theta=theta) - base)
+    return torch.stack(cols, dim=1)
+
+
 def select_points(attributor: Attributor, x, y, top_k: int = 100, random_k: int = 0, seed: int = 0) -> dict[str, list[int]]:
     """Training points to validate for one test point: the ``top_k`` by |score| and a random sample."""
     score = attributor.scores(x, y)[0]
