@@ -4,8 +4,10 @@ Metrics (all against ground truth computed by retraining, cached on disk):
 
 * ``loo_top`` / ``loo_random``: mean Pearson and Spearman, over the highest-loss test points, between a
   method's scores and the actual leave-one-out change of the test loss, on a training subset shared
-  by every method (the reference influence's top-k by |score|, and k random points);
+  by every method and test point (the reference influence's top-k by |score| for the highest-loss
+  test point, and k random points);
 * ``lds``: linear datamodeling score over random subsets (``evaluation.lds``);
+* a test point whose predictions are constant (FastIF outside its candidates) counts as correlation 0;
 * ``mislabel_auc`` / ``found_at_10``: ROC AUC and fraction of flipped labels found in the top 10 %
   when 10 % of the training labels are flipped and the model retrained, ranking by ``self_scores``;
 * ``fit_s`` / ``score_s`` / ``self_s``: seconds to build and fit the method, to score the test points
@@ -186,6 +188,17 @@ def _short(message, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _ranks_nothing_is_zero(corr: np.ndarray, predicted) -> np.ndarray:
+    """Correlations with the test points whose predictions are constant (FastIF's zeros outside its
+    candidates, so no ranking at all) counted as 0, not dropped: dropping them would average a
+    method over only the test points it happens to cover."""
+    P = predicted.detach().cpu().numpy() if torch.is_tensor(predicted) else np.asarray(predicted)
+    constant = np.ptp(P.reshape(len(P), -1), axis=1) == 0
+    corr = np.array(corr, dtype=float)
+    corr[constant] = 0.0
+    return corr
+
+
 def _evaluate(obj, method, damping, checkpoints, X, y, top, rand, actual, masks, subset_losses,
               flipped_obj, flipped_checkpoints, flipped) -> dict:
     """One method's metrics on one task (see the module docstring); no mislabel metrics without ``flipped_obj``."""
@@ -197,9 +210,10 @@ def _evaluate(obj, method, damping, checkpoints, X, y, top, rand, actual, masks,
     score_s = time.perf_counter() - t0
     row = {}
     for subset, idx in (("top", top), ("random", rand)):
-        corr = rowwise_correlations(scores[:, idx], actual[subset])
-        row[f"loo_{subset}_pearson"], row[f"loo_{subset}_spearman"] = np.nanmean(corr, axis=0).tolist()
-    row["lds"] = float(np.nanmean(lds_from_scores(scores, masks, subset_losses)))
+        corr = _ranks_nothing_is_zero(rowwise_correlations(scores[:, idx], actual[subset]), scores[:, idx])
+        row[f"loo_{subset}_pearson"], row[f"loo_{subset}_spearman"] = corr.mean(axis=0).tolist()
+    removed = (~np.asarray(masks, dtype=bool)).astype(float) @ scores.detach().cpu().numpy().T  # [M, m]
+    row["lds"] = float(_ranks_nothing_is_zero(lds_from_scores(scores, masks, subset_losses), removed.T).mean())
     row["mislabel_auc"] = row["found_at_10"] = self_s = float("nan")
     if flipped_obj is not None:
         t0 = time.perf_counter()
