@@ -153,6 +153,9 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_ylim(-0.2, 1.05)
         ax.set_xlabel(label)
         ax.set_ylabel("LOO correlation")
+        for x, r in zip(xs, part):
+            if not np.isfinite(r["pearson"]):
+                ax.annotate("undefined:\ntraining loss ≈ 0", (x, 0.0), ha="center", fontsize=7, color="firebrick")
         twin = ax.twinx()
         twin.plot(xs, [r["λ_max(H)"] for r in part], "^:", color="grey", label="λ_max(H)")
         twin.set_ylabel("λ_max(H)", color="grey")
