@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -77,6 +78,7 @@ def test_diagnostics_strict_and_registry(binary_lr):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an accepted approximation does not warn
         loose.solve(V)
+    assert json.loads(json.dumps(loose.diagnostics)) == loose.diagnostics  # plain values for reports and JSON
     assert isinstance(make_solver("arnoldi", damping=0.1), Arnoldi) and whybox.Arnoldi is Arnoldi
     with pytest.raises(ValueError, match="rank must be an integer >= 1"):
         Arnoldi(rank=0)
