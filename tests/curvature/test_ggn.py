@@ -13,7 +13,7 @@ from torch.autograd.functional import jacobian as ag_jacobian
 
 import whybox
 from whybox import zoo
-from whybox.curvature import CG, KFAC, Exact, LiSSA, NotPositiveDefiniteError, make_solver
+from whybox.curvature import CG, KFAC, Arnoldi, Exact, LiSSA, NotPositiveDefiniteError, make_solver
 
 
 def explicit_ggn(obj):
@@ -63,7 +63,7 @@ def test_indefinite_hessian_refused_with_ggn_named_and_ggn_solvers_agree(unconve
     V = obj.grads(d.X_test[:3], d.y_test[:3])
     truth = torch.linalg.solve(G, V.T).T
     for solver in (Exact(damping=damping, curvature="ggn"), CG(damping=damping, curvature="ggn"),
-                   LiSSA(damping=damping, curvature="ggn")):
+                   LiSSA(damping=damping, curvature="ggn"), Arnoldi(damping=damping, rank=obj.p, curvature="ggn")):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # an accurate solve must not warn
             X = solver.fit(obj).solve(V)

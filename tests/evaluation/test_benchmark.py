@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
 from typer.testing import CliRunner
 
 from whybox.cli import app
@@ -24,3 +26,19 @@ def test_benchmark_table_and_cache(tmp_path):
     assert f"{row['lds']:.3f}" in line and f"{row['loo_top_spearman']:.3f}" in line  # same numbers, from the cache
     r = CliRunner().invoke(app, ["benchmark", "--task", "nope"])
     assert r.exit_code != 0
+
+
+def test_method_names_with_a_solver_and_tracin(binary_lr):
+    import whybox
+    from whybox.evaluation.benchmark import _make, check_methods
+
+    assert check_methods(["influence", "influence:arnoldi", "influence:cg", "tracin", "fastif"]) == []
+    assert check_methods(["influence:nope", "gradient_dot:cg", "x"]) == ["influence:nope", "gradient_dot:cg", "x"]
+    d, obj = binary_lr
+    att = _make(obj, "influence:arnoldi", 0.0)
+    assert isinstance(att.curvature, whybox.Arnoldi) and att.curvature.diagnostics["rank"] == obj.p  # rank 100 ≥ p
+    tracin = _make(obj, "tracin", 0.0, [obj.theta])
+    torch.testing.assert_close(tracin.scores(d.X_test[:2], d.y_test[:2]),
+                               whybox.GradientSimilarity(obj, "dot").fit().scores(d.X_test[:2], d.y_test[:2]))
+    with pytest.raises(ValueError, match="unknown methods"):
+        run_benchmark(BenchmarkSettings(tasks=["digits_lr"], methods=["influence:nope"]))

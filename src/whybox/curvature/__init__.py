@@ -7,6 +7,7 @@
 ``InaccurateSolveError``), so results carry their own proof or their own caveat.
 """
 
+from whybox.curvature.arnoldi import Arnoldi
 from whybox.curvature.base import Curvature, InaccurateSolveError, NotPositiveDefiniteError
 from whybox.curvature.cg import CG
 from whybox.curvature.ekfac import EKFAC
@@ -19,4 +20,4 @@ from whybox.curvature.registry import SOLVERS, default_solver_name, make_solver
 __all__ = ["Curvature", "Exact", "CG", "LiSSA", "Identity", "NotPositiveDefiniteError", "LiSSADivergenceError",
            "InaccurateSolveError",
            "SOLVERS", "default_solver_name", "make_solver"]
-__all__ += ["KFAC", "EKFAC"]
+__all__ += ["KFAC", "EKFAC", "Arnoldi"]

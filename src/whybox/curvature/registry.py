@@ -3,6 +3,7 @@ loader and the applications turn ``"auto"``/``"exact"``/``"cg"``/... into a solv
 
 from __future__ import annotations
 
+from whybox.curvature.arnoldi import Arnoldi
 from whybox.curvature.base import Curvature
 from whybox.curvature.cg import CG
 from whybox.curvature.ekfac import EKFAC
@@ -12,7 +13,7 @@ from whybox.curvature.kfac import KFAC
 from whybox.curvature.lissa import LiSSA
 
 SOLVERS: dict[str, type[Curvature]] = {"exact": Exact, "cg": CG, "lissa": LiSSA, "identity": Identity,
-                                       "kfac": KFAC, "ekfac": EKFAC}
+                                       "kfac": KFAC, "ekfac": EKFAC, "arnoldi": Arnoldi}
 EXACT_MAX_PARAMS = 5000  # above this many parameters the default is CG: forming H costs O(p²·n)
 
 
@@ -22,11 +23,11 @@ def default_solver_name(p: int) -> str:
 
 
 def make_solver(name: str = "auto", damping: float = 0.0, p: int | None = None, curvature: str = "hessian") -> Curvature:
-    """A solver from its name (``auto``, ``exact``, ``cg``, ``lissa``, ``identity``, ``kfac``, ``ekfac``).
+    """A solver from its name (``auto``, ``exact``, ``cg``, ``lissa``, ``identity``, ``kfac``, ``ekfac``, ``arnoldi``).
 
     ``auto`` needs ``p`` (the number of parameters) and applies ``default_solver_name``.
-    ``curvature`` (``"hessian"`` or ``"ggn"``) goes to the solvers that invert either; ``kfac`` and
-    ``ekfac`` are Gauss-Newton by construction, ``identity`` uses none.
+    ``curvature`` (``"hessian"`` or ``"ggn"``) goes to the solvers that invert either (exact, cg,
+    lissa, arnoldi); ``kfac`` and ``ekfac`` are Gauss-Newton by construction, ``identity`` uses none.
     """
     if name == "auto":
         if p is None:
@@ -34,6 +35,6 @@ def make_solver(name: str = "auto", damping: float = 0.0, p: int | None = None, 
         name = default_solver_name(p)
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; choose one of {['auto', *SOLVERS]}")
-    if name in ("exact", "cg", "lissa"):
+    if name in ("exact", "cg", "lissa", "arnoldi"):
         return SOLVERS[name](damping=damping, curvature=curvature)
     return SOLVERS[name](damping=damping)

@@ -30,6 +30,7 @@ def loo_ground_truth(
     tol: float = 1e-10,
     progress: bool = True,
     baseline: bool | None = None,
+    max_iter: int = 5000,
 ) -> torch.Tensor:
     """Actual test-loss change after removing each training point and retraining, ``[m, k]``.
 
@@ -38,14 +39,38 @@ def loo_ground_truth(
     same optimiser and budget) rather than from θ̂. Default: when θ̂ is not stationary to the
     retraining tolerance (‖∇R(θ̂)‖ > ``tol``, ``objective.stationarity()``), the only case where
     that retrain moves θ, so the drift of the optimiser is not counted as the point's effect.
+    ``max_iter``: the L-BFGS budget of every retraining (baseline included), for models that do not
+    reach ``tol`` (a network without weight decay).
     """
     X, y = objective.check_data(X_test, y_test, "test")
     if baseline is None:
         baseline = objective.stationarity().grad_norm > tol
-    base = objective.losses(X, y, theta=retrain_baseline(objective, tol=tol).theta if baseline else None)
+    base = objective.losses(X, y, theta=retrain_baseline(objective, tol=tol, max_iter=max_iter).theta if baseline else None)
     cols = []
     for i in tqdm(list(train_idx), desc="leave-one-out retraining", disable=not progress, leave=False):
-        theta = retrain(objective, remove=[int(i)], tol=tol).theta
+        theta = retrain(objective, remove=[int(i)], tol=tol, max_iter=max_iter).theta
+        cols.append(objective.losses(X, y, theta=theta) - base)
+    return torch.stack(cols, dim=1)
+
+
+def group_ground_truth(
+    objective: Objective,
+    X_test,
+    y_test,
+    groups: Sequence[Sequence[int]],
+    tol: float = 1e-10,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Actual test-loss change after removing each whole group and retraining, ``[m, len(groups)]``:
+    ``zoo.retrain`` from θ̂ without the group's rows (normaliser n kept), as ``loo_ground_truth``
+    does for one point, from the same baseline (θ̂, or ``retrain_baseline`` when θ̂ is not stationary
+    to ``tol``)."""
+    X, y = objective.check_data(X_test, y_test, "test")
+    stationary = objective.stationarity().grad_norm <= tol
+    base = objective.losses(X, y, theta=None if stationary else retrain_baseline(objective, tol=tol).theta)
+    cols = []
+    for g in tqdm(list(groups), desc="group retraining", disable=not progress, leave=False):
+        theta = retrain(objective, remove=[int(i) for i in g], tol=tol).theta
         cols.append(objective.losses(X, y, theta=theta) - base)
     return torch.stack(cols, dim=1)
 
