@@ -58,6 +58,43 @@ def dattri_method(kind: str, **kwargs):
     return run
 
 
+def kronfluence_ekfac():
+    def run(task, obj, X, y):
+        import copy
+        import tempfile
+
+        import torch.nn.functional as F
+        from kronfluence.analyzer import Analyzer, prepare_model
+        from kronfluence.arguments import FactorArguments, ScoreArguments
+        from kronfluence.task import Task
+
+        class Classify(Task):
+            def compute_train_loss(self, batch, model, sample=False):
+                x, t = batch
+                logits = model(x)
+                if sample:  # the true Fisher: labels drawn from the model
+                    with torch.no_grad():
+                        t = torch.multinomial(F.softmax(logits.detach(), -1), 1).flatten()
+                return F.cross_entropy(logits, t, reduction="sum")
+
+            def compute_measurement(self, batch, model):
+                x, t = batch
+                return F.cross_entropy(model(x), t, reduction="sum")
+
+        # a container around the model: Kronfluence wraps Linear/Conv2d children, and a bare nn.Linear has none
+        model = prepare_model(torch.nn.Sequential(copy.deepcopy(obj.model)), Classify())
+        with tempfile.TemporaryDirectory() as out:
+            analyzer = Analyzer("small", model, Classify(), cpu=True, disable_tqdm=True, output_dir=out)
+            train = TensorDataset(obj.X, obj.y)
+            analyzer.fit_all_factors("f", train, per_device_batch_size=obj.n, factor_args=FactorArguments(strategy="ekfac"),
+                                     overwrite_output_dir=True)
+            analyzer.compute_pairwise_scores("s", "f", TensorDataset(X, y), train, per_device_query_batch_size=len(X),
+                                             per_device_train_batch_size=obj.n, overwrite_output_dir=True,
+                                             score_args=ScoreArguments(damping_factor=obj.weight_decay + task.damping))
+            return analyzer.load_pairwise_scores("s")["all_modules"]
+    return run
+
+
 METHODS = {
     "whybox Exact": whybox_method("exact"),
     "whybox CG": whybox_method("cg"),
@@ -65,6 +102,7 @@ METHODS = {
     "dattri CG (defaults: 10 iterations)": dattri_method("cg"),
     "dattri CG (200 iterations, tol 1e-10)": dattri_method("cg", max_iter=200, tol=1e-10),
     "dattri Explicit": dattri_method("explicit"),
+    "Kronfluence EK-FAC (not exact)": kronfluence_ekfac(),
 }
 
 
