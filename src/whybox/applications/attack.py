@@ -248,8 +248,9 @@ def attack(
             ``objective``, a subclass, or a factory ``objective -> fitted Attributor`` (default:
             ``InfluenceFunction(objective, curvature)``). The attack direction itself is always
             I_pert,loss from influence functions at the current (retrained) parameters.
-        curvature: the inverse-HVP solver for I_pert,loss, refitted each step (default
-            ``make_solver("auto", p=objective.p)``: exact up to 5,000 parameters, else CG).
+        curvature: the inverse-HVP solver for I_pert,loss, refitted each step (default ``CG()``: a
+            step needs one solve, for the mean target gradient, so forming H every step, as ``Exact``
+            does, costs more: 1.2 s against 0.2 s for pixel logistic regression on MNIST 1 vs 7, p = 785).
     """
     settings = settings or AttackSettings()
     X, y = objective.check_data(X_test, y_test, "test")
@@ -259,7 +260,7 @@ def attack(
     start = time.perf_counter()
     Xt, yt = X[targets], y[targets]
     labels = _labels01(objective, yt)
-    curvature = curvature if curvature is not None else make_solver("auto", p=objective.p)
+    curvature = curvature if curvature is not None else make_solver("cg", p=objective.p)
     if settings.select == "pert":
         reuse = isinstance(attributor, InfluenceFunction) and attributor.objective is objective
         inf0 = attributor if reuse else InfluenceFunction(objective, copy.deepcopy(curvature)).fit()
@@ -361,7 +362,7 @@ def attack_each(
         correct = correct[torch.randperm(n_correct, generator=gen)[: settings.max_targets]].sort().values
     if len(correct) == 0:
         raise ValueError("the model gets no test point right: nothing to attack")
-    curvature = curvature if curvature is not None else make_solver("auto", p=objective.p)
+    curvature = curvature if curvature is not None else make_solver("cg", p=objective.p)
     attributor = bind(attributor, objective) if attributor is not None else (
         InfluenceFunction(objective, copy.deepcopy(curvature)).fit())
     rows, attacks = [], {}
