@@ -2,12 +2,15 @@
 
     PYTHONPATH=src python benchmarks/bench_mnist.py fig2 [--only lr|cnn] [--lr-top 30 --lr-random 30 ...]
     PYTHONPATH=src python benchmarks/bench_mnist.py attack [options of `whybox attack`]
+    PYTHONPATH=src python benchmarks/bench_mnist.py attack-why [--targets 5 --budgets ... --sizes ...]
     PYTHONPATH=src python benchmarks/bench_mnist.py mislabeled [options of `whybox mislabeled`]
     PYTHONPATH=src python benchmarks/bench_mnist.py compare [options of `whybox compare`]
 
 fig2 (paper §4.1-4.2, Fig 2): predicted −(1/n)·I_up,loss vs the actual test-loss change after
 leave-one-out retraining, for 10-class L2 logistic regression (w = 0.01, no bias: p = 7,840, as in the
 paper) with CG and with the paper's LiSSA, and for a small CNN stopped before convergence, damping 0.01.
+attack-why measures what limits the training-set attack at 28×28 (one perturbed image, both models):
+the L∞ budget (the paper's continuous ±0.5 level, then integer budgets), and the training-set size.
 The other sub-commands run the verbs with --dataset mnist (and their MNIST defaults, which any option
 given overrides). Each prints machine and versions first; PNG and JSON go to --out.
 """
@@ -170,6 +173,92 @@ def fig2(argv: list[str]) -> None:
     print(f"\nwrote {png} and {out / 'fig2.json'}")
 
 
+def _attack_rows(name: str, obj, split, grid, settings, targets: list[int], label: dict) -> dict:
+    from whybox.applications import attack as atk
+
+    inf = whybox.InfluenceFunction(obj, whybox.CG()).fit()
+    results = []
+    t = time.perf_counter()
+    for tgt in targets:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            results.append(atk.attack(obj, split.X_test, split.y_test, [tgt], grid, settings, attributor=inf))
+    ratio = [r.loss_after[0] / r.loss_before[0] for r in results]
+    return {"model": name, **label, "flipped": f"{sum(r.all_flipped for r in results)}/{len(results)}",
+            "rate": sum(r.all_flipped for r in results) / len(results),
+            "target loss before": float(np.median([r.loss_before[0] for r in results])),
+            "loss ×": float(np.median(ratio)), "L∞": float(np.mean([r.linf.mean() for r in results])),
+            "L2": float(np.mean([r.l2.mean() for r in results])),
+            "steps": float(np.mean([r.iterations for r in results])), "s": time.perf_counter() - t}
+
+
+def attack_why(argv: list[str]) -> None:
+    """Flip rates with one perturbed image against the L∞ budget and the training-set size."""
+    from dataclasses import replace
+
+    from whybox.applications import attack as atk
+
+    ap = argparse.ArgumentParser(prog="bench_mnist.py attack-why", description=attack_why.__doc__)
+    ap.add_argument("--pair", default="1,7")
+    ap.add_argument("--targets", type=int, default=5, help="correctly classified test points (seeded subset)")
+    ap.add_argument("--budgets", default="0.5,8,32,128", help="L∞ budgets in grey levels; 0.5 = the paper's "
+                    "continuous attack (α 0.02, 100 steps), others on the integer grid with α = budget/8")
+    ap.add_argument("--int-steps", type=int, default=30, help="steps of the integer-grid attacks")
+    ap.add_argument("--sizes", default="50,100,200,400,800", help="training-set sizes (balanced subsets of the pair)")
+    ap.add_argument("--size-budget", type=float, default=32, help="integer L∞ budget of the size sweep")
+    ap.add_argument("--models", default="network,logistic")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="whybox-out/mnist")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    print(machine_info(), flush=True)
+    pair = tuple(int(v) for v in a.pair.split(","))
+    split = zoo.load("mnist", classes=pair, seed=a.seed)
+    grid = atk.PixelGrid.from_split(split)
+    models = [m for m in a.models.split(",") if m]
+    extractor = zoo.pretrained_extractor(split, pair, seed=a.seed, dataset="mnist")[0] if "network" in models else None
+    build = {"network": lambda s: zoo.frozen_network(s, extractor)[0], "logistic": lambda s: zoo.pixel_logistic(s)[0]}
+
+    def targets_of(obj, s) -> list[int]:
+        right = torch.nonzero(obj.predict(s.X_test)[0] == s.y_test).reshape(-1)
+        gen = torch.Generator().manual_seed(a.seed)
+        return right[torch.randperm(len(right), generator=gen)[: a.targets]].sort().values.tolist()
+
+    def settings_for(eps: float) -> atk.AttackSettings:
+        if eps < 1:  # the paper's released code: continuous levels within ±eps, α = 0.02, 100 steps
+            return atk.AttackSettings(n_points=1, step=0.02, epsilon=eps, iterations=100, integer=False, select="pert")
+        return atk.AttackSettings(n_points=1, step=max(1.0, eps / 8), epsilon=eps, iterations=a.int_steps, select="pert")
+
+    rows_b, rows_n = [], []
+    for name in models:
+        obj = build[name](split)
+        tg = targets_of(obj, split)
+        for eps in [float(v) for v in a.budgets.split(",")]:
+            label = {"n train": obj.n, "L∞ budget": eps, "grid": "continuous" if eps < 1 else "integer"}
+            rows_b.append(_attack_rows(name, obj, split, grid, settings_for(eps), tg, label))
+            print(markdown_table(rows_b[-1:], ".3g").splitlines()[-1], flush=True)
+    y = split.y_train.numpy()
+    for name in models:
+        for size in [int(v) for v in a.sizes.split(",")]:
+            keep = np.sort(np.concatenate([np.flatnonzero(y == c)[: size // 2] for c in (0, 1)]))
+            sub = replace(split, X_train=split.X_train[keep], y_train=split.y_train[keep], raw_train=split.raw_train[keep])
+            obj = build[name](sub)
+            label = {"n train": obj.n, "L∞ budget": a.size_budget, "grid": "integer"}
+            rows_n.append(_attack_rows(name, obj, sub, grid, settings_for(a.size_budget), targets_of(obj, sub), label))
+            print(markdown_table(rows_n[-1:], ".3g").splitlines()[-1], flush=True)
+    d = split.X_train.shape[1]
+    print(f"\n## What limits the attack at 28×28: one perturbed training image of {pair}, {a.targets} targets per row\n")
+    print(f"input size: {d} pixels here, 299·299·3 = 268,203 in the paper; a ±0.5-level box allows an L2 change of "
+          f"at most 0.5·√d = {0.5 * d ** 0.5:.1f} levels here and {0.5 * 268203 ** 0.5:.0f} there\n")
+    print("### budget\n\n" + markdown_table(rows_b, ".3g"))
+    print("\n### training-set size\n\n" + markdown_table(rows_n, ".3g"))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "attack_why.json").write_text(json.dumps({"machine": machine_info(), "settings": vars(a), "budget": rows_b,
+                                                     "size": rows_n}, indent=1))
+    print(f"\nwrote {out / 'attack_why.json'}")
+
+
 VERB_DEFAULTS = {  # MNIST defaults of the verbs; options given on the command line come after and win
     "attack": ["--dataset", "mnist", "--out", "whybox-out/mnist/attack"],
     "mislabeled": ["--dataset", "mnist", "--out", "whybox-out/mnist/mislabeled"],
@@ -178,11 +267,11 @@ VERB_DEFAULTS = {  # MNIST defaults of the verbs; options given on the command l
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("fig2", *VERB_DEFAULTS):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("fig2", "attack-why", *VERB_DEFAULTS):
         sys.exit(__doc__)
     command, rest = sys.argv[1], sys.argv[2:]
-    if command == "fig2":
-        fig2(rest)
+    if command in ("fig2", "attack-why"):
+        (fig2 if command == "fig2" else attack_why)(rest)
         return
     sys.path.insert(0, str(Path(__file__).parent))
     from _verb import run_verb
