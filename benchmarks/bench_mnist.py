@@ -201,6 +201,8 @@ def attack_why(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="bench_mnist.py attack-why", description=attack_why.__doc__)
     ap.add_argument("--pair", default="1,7")
     ap.add_argument("--targets", type=int, default=5, help="correctly classified test points (seeded subset)")
+    ap.add_argument("--pick", choices=["random", "closest"], default="random",
+                    help="random correct test points, or the correct ones with the highest loss (closest to flipping)")
     ap.add_argument("--budgets", default="0.5,8,32,128", help="L∞ budgets in grey levels; 0.5 = the paper's "
                     "continuous attack (α 0.02, 100 steps), others on the integer grid with α = budget/8")
     ap.add_argument("--int-steps", type=int, default=30, help="steps of the integer-grid attacks")
@@ -221,6 +223,9 @@ def attack_why(argv: list[str]) -> None:
 
     def targets_of(obj, s) -> list[int]:
         right = torch.nonzero(obj.predict(s.X_test)[0] == s.y_test).reshape(-1)
+        if a.pick == "closest":
+            loss = obj.losses(s.X_test[right], s.y_test[right])
+            return right[torch.argsort(loss, descending=True)[: a.targets]].sort().values.tolist()
         gen = torch.Generator().manual_seed(a.seed)
         return right[torch.randperm(len(right), generator=gen)[: a.targets]].sort().values.tolist()
 
@@ -239,7 +244,7 @@ def attack_why(argv: list[str]) -> None:
             print(markdown_table(rows_b[-1:], ".3g").splitlines()[-1], flush=True)
     y = split.y_train.numpy()
     for name in models:
-        for size in [int(v) for v in a.sizes.split(",")]:
+        for size in [int(v) for v in a.sizes.split(",") if v]:
             keep = np.sort(np.concatenate([np.flatnonzero(y == c)[: size // 2] for c in (0, 1)]))
             sub = replace(split, X_train=split.X_train[keep], y_train=split.y_train[keep], raw_train=split.raw_train[keep])
             obj = build[name](sub)
@@ -247,7 +252,7 @@ def attack_why(argv: list[str]) -> None:
             rows_n.append(_attack_rows(name, obj, sub, grid, settings_for(a.size_budget), targets_of(obj, sub), label))
             print(markdown_table(rows_n[-1:], ".3g").splitlines()[-1], flush=True)
     d = split.X_train.shape[1]
-    print(f"\n## What limits the attack at 28×28: one perturbed training image of {pair}, {a.targets} targets per row\n")
+    print(f"\n## What limits the attack at 28×28: one perturbed training image of {pair}, {a.targets} {a.pick} targets per row\n")
     print(f"input size: {d} pixels here, 299·299·3 = 268,203 in the paper; a ±0.5-level box allows an L2 change of "
           f"at most 0.5·√d = {0.5 * d ** 0.5:.1f} levels here and {0.5 * 268203 ** 0.5:.0f} there\n")
     print("### budget\n\n" + markdown_table(rows_b, ".3g"))
