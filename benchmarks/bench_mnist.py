@@ -183,6 +183,15 @@ def _attack_rows(name: str, obj, split, grid, settings, targets: list[int], labe
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             results.append(atk.attack(obj, split.X_test, split.y_test, [tgt], grid, settings, attributor=inf))
+    flipped = [r for r in results if r.all_flipped]
+    if flipped and label.get("png"):  # the first successful attack: original vs perturbed training image
+        from whybox.report.usecases import plot_attack
+
+        r = flipped[0]
+        plot_attack(r, split.raw_test, split.image_shape, label["png"],
+                    labels=[split.class_names[int(split.y_test[t])] for t in r.targets],
+                    title=f"{name}: 1 image perturbed, L∞ ≤ {label['L∞ budget']:g} levels ({label['grid']})")
+    label = {k: v for k, v in label.items() if k != "png"}
     ratio = [r.loss_after[0] / r.loss_before[0] for r in results]
     return {"model": name, **label, "flipped": f"{sum(r.all_flipped for r in results)}/{len(results)}",
             "rate": sum(r.all_flipped for r in results) / len(results),
@@ -234,12 +243,14 @@ def attack_why(argv: list[str]) -> None:
             return atk.AttackSettings(n_points=1, step=0.02, epsilon=eps, iterations=100, integer=False, select="pert")
         return atk.AttackSettings(n_points=1, step=max(1.0, eps / 8), epsilon=eps, iterations=a.int_steps, select="pert")
 
+    Path(a.out).mkdir(parents=True, exist_ok=True)
     rows_b, rows_n = [], []
     for name in models:
         obj = build[name](split)
         tg = targets_of(obj, split)
         for eps in [float(v) for v in a.budgets.split(",")]:
-            label = {"n train": obj.n, "L∞ budget": eps, "grid": "continuous" if eps < 1 else "integer"}
+            label = {"n train": obj.n, "L∞ budget": eps, "grid": "continuous" if eps < 1 else "integer",
+                     "png": Path(a.out) / f"attack_why_{name}_{eps:g}.png"}
             rows_b.append(_attack_rows(name, obj, split, grid, settings_for(eps), tg, label))
             print(markdown_table(rows_b[-1:], ".3g").splitlines()[-1], flush=True)
     y = split.y_train.numpy()

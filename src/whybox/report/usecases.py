@@ -179,7 +179,7 @@ def plot_attack(result: AttackResult, X_test_raw: np.ndarray, image_shape: Seque
         lim = max(1.0, float(np.abs(diff).max()))
         for ax, img, cmap, vmin, vmax, name in (
             (axes[r, 0], orig, "gray_r", 0, span, f"train #{i}: original"),
-            (axes[r, 1], pert, "gray_r", 0, span, f"perturbed (L∞ {np.abs(diff).max():.0f})"),
+            (axes[r, 1], pert, "gray_r", 0, span, f"perturbed (L∞ {np.abs(diff).max():.3g})"),
             (axes[r, 2], diff, "RdBu_r", -lim, lim, "difference (levels)"),
         ):
             ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax)
