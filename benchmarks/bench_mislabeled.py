@@ -25,7 +25,7 @@ DEFAULT_RANKINGS = ("self_influence", "influence_loo", "train_loss", "cv_loss", 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--problems", default=",".join(PROBLEMS))
+    ap.add_argument("--problems", default="digits,breast_cancer,digits_mlp,spam", help=f"from {','.join(PROBLEMS)}")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--mlp-repeats", type=int, default=None, help="repeats for digits_mlp (default: --repeats)")
     ap.add_argument("--acc-fractions", default="0,0.05,0.1,0.15,0.2,0.25,0.3")

@@ -26,13 +26,14 @@ from whybox.explain import Explanation, explain_points
 from whybox.influence import InfluenceFunction
 from whybox.objective import Objective
 from whybox.settings import Settings, setting
+from whybox.zoo.data import DATASETS
 
 
 @dataclass
 class DataSettings(Settings):
     """Where the training and test points come from."""
 
-    dataset: str = setting("Embedded data set when no training file is given: digits, iris, breast_cancer, wine.", "digits")
+    dataset: str = setting(f"Embedded data set when no training file is given: {', '.join(DATASETS)} (mnist: pip install whybox[mnist]).", "digits")
     train: Path | None = setting("Training data: .npz (X, y[, X_test, y_test]), .csv (header + label column) or a folder root/<class>/<images>.")
     test: Path | None = setting("Test data, same format as the training data.")
     label_column: str = setting("CSV column with the labels.", "label")

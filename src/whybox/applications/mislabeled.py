@@ -49,7 +49,7 @@ from whybox.objective import Objective
 from whybox.settings import Settings, setting
 
 RANKINGS = ("self_influence", "influence_loo", "train_loss", "cv_loss", "trusted", "cleanlab", "random")
-PROBLEMS = ("digits", "breast_cancer", "digits_mlp", "spam")
+PROBLEMS = (*zoo.DATASETS, "digits_mlp", "spam")  # every embedded set (L2 logistic regression), and two more
 
 
 def cleanlab_available() -> bool:
@@ -155,8 +155,9 @@ def load_problem(
     attributor: AttributorSpec | None = None,
     spam_options: dict | None = None,
 ) -> Problem:
-    """A ready-made setting: ``digits`` (10-class L2 logistic regression, p = 650),
-    ``breast_cancer`` (binary L2 logistic regression, p = 31), ``digits_mlp`` (64-32-10 tanh MLP,
+    """A ready-made setting: L2 logistic regression on any embedded set of ``zoo.DATASETS`` (``digits``:
+    10 classes, p = 650; ``breast_cancer``: binary, p = 31; ``mnist``: 28×28 in [0, 1], 10 classes,
+    p = 7,850, needs ``pip install whybox[mnist]``), ``digits_mlp`` (64-32-10 tanh MLP,
     p = 2,410; influence with damping 0.01 as the Hessian need not be PD) or ``spam`` (synthetic
     Enron-like bag of words, ``zoo.make_spam_corpus(**spam_options)``, binary logistic regression,
     p = vocab + 1)."""
@@ -165,7 +166,7 @@ def load_problem(
         return Problem(d, lambda: zoo.mlp(d.n_features, d.n_classes, hidden=(32,), seed=seed), "cross_entropy",
                        weight_decay, attributor or method_factory("exact", damping=0.01), train_tol=1e-6,
                        max_iter=1500, description="digits, 64-32-10 tanh MLP", name=name)
-    if name in ("digits", "breast_cancer"):
+    if name in zoo.DATASETS:
         d = zoo.load(name, seed=seed)
         description = f"{name}, L2 logistic regression"
     elif name == "spam":

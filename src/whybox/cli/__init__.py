@@ -13,10 +13,13 @@ __all__ = ["app", "main", "BadInput"]
 
 def main() -> None:
     """Entry point: bad input (``BadInput``, ``ValueError``, ``TypeError``, a missing file) is
-    printed as one line on stderr with exit code 2; usage errors are click's (also exit 2)."""
+    printed as one line on stderr with exit code 2, and so is a missing optional extra (``zoo.MissingExtra``,
+    which names the ``pip install``); usage errors are click's (also exit 2)."""
+    from whybox.zoo.data import MissingExtra
+
     try:
         app()
-    except (BadInput, ValueError, TypeError, FileNotFoundError) as err:
+    except (BadInput, ValueError, TypeError, FileNotFoundError, MissingExtra) as err:
         print(f"whybox: error: {as_flags(str(err))}", file=sys.stderr)
         sys.exit(2)
 

@@ -26,7 +26,7 @@ def _floats(text: str, what: str) -> list[float]:
 
 @app.command()
 def mislabeled(
-    dataset: str = typer.Option("digits", help="digits | breast_cancer | digits_mlp | spam (synthetic bag of words)."),
+    dataset: str = typer.Option("digits", help=" | ".join(PROBLEMS) + " (L2 logistic regression on an embedded set; digits_mlp: a tanh MLP; spam: synthetic bag of words; mnist: pip install whybox[mnist])."),
     repeats: int = typer.Option(10, help=help_of(MislabeledSettings, "repeats")),
     flip: float = typer.Option(0.1, help=help_of(MislabeledSettings, "flip_fraction")),
     weight_decay: float = typer.Option(0.01, help="L2 weight decay w in mean loss + (w/2)‖θ‖²."),

@@ -1,4 +1,4 @@
-"""``whybox attack`` (paper §5.2) and ``whybox compare`` (paper §5.1) on the embedded digits."""
+"""``whybox attack`` (paper §5.2) and ``whybox compare`` (paper §5.1) on the embedded digits or MNIST."""
 
 from __future__ import annotations
 
@@ -34,24 +34,38 @@ def _ints(text: str, what: str) -> list[int]:
     return vals
 
 
-def _setup(pair: tuple[int, int], seed: int, pretrain_iter: int):
+IMAGE_SETS = ("digits", "mnist")  # the embedded image sets of handwritten digits (mnist: pip install whybox[mnist])
+# per data set: (step, epsilon, iterations, integer grid, selection); mnist: the paper's released code
+ATTACK_DEFAULTS = {"digits": (1.0, 2.0, 10, True, "score"), "mnist": (0.02, 0.5, 100, False, "pert")}
+
+
+def _dataset(name: str) -> str:
+    if name not in IMAGE_SETS:
+        raise BadInput(f"--dataset must be one of {', '.join(IMAGE_SETS)}; got {name!r}")
+    return name
+
+
+def _setup(pair: tuple[int, int], seed: int, pretrain_iter: int, dataset: str = "digits"):
     from whybox import zoo
 
-    split = zoo.load("digits", classes=pair, seed=seed)
-    extractor, pre_acc = zoo.pretrained_extractor(split, pair, seed=seed, max_iter=pretrain_iter)
+    split = zoo.load(dataset, classes=pair, seed=seed)
+    extractor, pre_acc = zoo.pretrained_extractor(split, pair, seed=seed, max_iter=pretrain_iter, dataset=dataset)
     return split, extractor, pre_acc
 
 
 @app.command()
 def attack(
     out: Path = typer.Option(Path("whybox-out/attack"), help="Directory for the PNGs and JSON."),
+    dataset: str = typer.Option("digits", help=" | ".join(IMAGE_SETS) + " (mnist: 28×28, pip install whybox[mnist])."),
     pair: str = typer.Option("1,7", help="The two digit classes of the binary task."),
     models: str = typer.Option("network,logistic", help="network (frozen CNN + logistic top), logistic (on pixels), or both."),
     budgets: str = typer.Option("1,2,10", help=help_of(SweepSettings, "budgets")),
     targets: int = typer.Option(20, help="How many correctly classified test points to attack (seeded subset); 0 = all."),
-    iterations: int = typer.Option(10, help=help_of(AttackSettings, "iterations")),
-    step: float = typer.Option(1.0, help=help_of(AttackSettings, "step")),
-    epsilon: float = typer.Option(2.0, help=help_of(AttackSettings, "epsilon")),
+    iterations: int | None = typer.Option(None, help=help_of(AttackSettings, "iterations") + " Default: 10 (digits), 100 (mnist, the paper)."),
+    step: float | None = typer.Option(None, help=help_of(AttackSettings, "step") + " Default: 1 (digits), 0.02 (mnist)."),
+    epsilon: float | None = typer.Option(None, help=help_of(AttackSettings, "epsilon") + " Default: 2 (digits), 0.5 (mnist)."),
+    integer: bool | None = typer.Option(None, "--integer/--continuous", help=help_of(AttackSettings, "integer") + " Default: integer (digits), continuous (mnist)."),
+    select: str | None = typer.Option(None, help=help_of(AttackSettings, "select") + " Default: score (digits), pert (mnist)."),
     multi: int = typer.Option(5, help="Also attack this many test points at once (average loss); 0 = skip."),
     multi_points: int = typer.Option(10, help="Training images perturbed in the multi-target attack."),
     pretrain_iter: int = typer.Option(100, help="L-BFGS iterations for pretraining the frozen CNN."),
@@ -64,6 +78,10 @@ def attack(
     from whybox.applications import attack as atk
     from whybox.report.usecases import plot_attack, plot_sweep, write_json
 
+    dataset = _dataset(dataset)
+    defaults = ATTACK_DEFAULTS[dataset]
+    step, epsilon, iterations, integer, select = (v if v is not None else d for v, d in
+                                                  zip((step, epsilon, iterations, integer, select), defaults))
     chosen = [m.strip() for m in models.split(",") if m.strip()]
     if not chosen or set(chosen) - {"network", "logistic"}:
         raise BadInput(f"--models must be network, logistic or both; got {models!r}")
@@ -71,18 +89,20 @@ def attack(
     if targets < 0 or multi < 0:
         raise BadInput("--targets and --multi must be >= 0")
     try:
-        one = AttackSettings(step=step, epsilon=epsilon, iterations=iterations)
+        one = AttackSettings(step=step, epsilon=epsilon, iterations=iterations, integer=integer, select=select)
     except ValueError as err:
         raise BadInput(str(err)) from None
     sweep_settings = SweepSettings(budgets=tuple(ks), max_targets=targets or None, seed=seed, attack=one)
     out.mkdir(parents=True, exist_ok=True)
     if "network" in chosen:
-        split, extractor, pre_acc = _setup(_pair(pair), seed, pretrain_iter)
+        split, extractor, pre_acc = _setup(_pair(pair), seed, pretrain_iter, dataset)
     else:  # no frozen network needed: skip the pretraining
-        split, extractor, pre_acc = zoo.load("digits", classes=_pair(pair), seed=seed), None, None
+        split, extractor, pre_acc = zoo.load(dataset, classes=_pair(pair), seed=seed), None, None
     grid = atk.PixelGrid.from_split(split)
     builders = {"network": lambda: zoo.frozen_network(split, extractor), "logistic": lambda: zoo.pixel_logistic(split)}
-    sweeps, report = {}, {"settings": dict(pair=pair, n_train=len(split.X_train), n_test=len(split.X_test),
+    shape = split.image_shape
+    sweeps, report = {}, {"settings": dict(dataset=dataset, pair=pair, n_train=len(split.X_train), n_test=len(split.X_test),
+                                           levels=[grid.low, grid.high],
                                            pretrain_accuracy_other_digits=pre_acc, seed=seed,
                                            sweep=sweep_settings.to_dict())}
     for name in chosen:
@@ -93,7 +113,7 @@ def attack(
         flipped = [r for k in ks for r in sweep.attacks[k] if r.all_flipped]
         example = flipped[0] if flipped else sweep.attacks[ks[-1]][0]
         png = out / f"attack_{name}.png"
-        plot_attack(example, split.raw_test, (8, 8), png,
+        plot_attack(example, split.raw_test, shape, png,
                     labels=[split.class_names[int(split.y_test[t])] for t in example.targets],
                     title=f"{info['model']}: {len(example.train_indices)} image(s) perturbed")
         entry["example_png"] = str(png)
@@ -104,7 +124,7 @@ def attack(
                 warnings.simplefilter("ignore", RuntimeWarning)
                 r = atk.attack(obj, split.X_test, split.y_test, many, grid, multi_settings)
             png_m = out / f"attack_{name}_multi.png"
-            plot_attack(r, split.raw_test, (8, 8), png_m, title=f"{info['model']}: {multi} targets at once")
+            plot_attack(r, split.raw_test, shape, png_m, title=f"{info['model']}: {multi} targets at once")
             entry["multi"] = {**r.to_dict(), "settings": multi_settings.to_dict(), "png": str(png_m)}
         report[name] = entry
     plot_sweep(sweeps, out / "flip_rate.png")
@@ -118,8 +138,10 @@ def _print_attack(report: dict, chosen: list[str], out: Path) -> None:
 
     con = Console()
     s, a = report["settings"], report["settings"]["sweep"]["attack"]
-    con.print(f"[bold]Training-set attack[/] on digits {s['pair']} (n = {s['n_train']} train, {s['n_test']} test): "
-              f"α = {a['step']} level, L∞ ≤ {a['epsilon']} levels on the 0..16 grid, ≤ {a['iterations']} steps")
+    grid = "integer grid" if a["integer"] else "continuous levels"
+    con.print(f"[bold]Training-set attack[/] on {s['dataset']} {s['pair']} (n = {s['n_train']} train, {s['n_test']} test): "
+              f"α = {a['step']} level, L∞ ≤ {a['epsilon']} levels, {grid} {s['levels'][0]:g}..{s['levels'][1]:g}, "
+              f"≤ {a['iterations']} steps, images picked by {a['select']}")
     table = Table(title="flip rate per budget (each target attacked on its own)")
     for col in ("model", "images", "flipped", "rate", "L∞", "L2", "acc others before→after", "steps", "s"):
         table.add_column(col, justify="right")
@@ -143,6 +165,7 @@ def _print_attack(report: dict, chosen: list[str], out: Path) -> None:
 @app.command()
 def compare(
     out: Path = typer.Option(Path("whybox-out/compare"), help="Directory for the PNG and JSON."),
+    dataset: str = typer.Option("digits", help=" | ".join(IMAGE_SETS) + " (mnist: 28×28, pip install whybox[mnist])."),
     pair: str = typer.Option("1,7", help="The two digit classes of the binary task."),
     n_test: int = typer.Option(10, help=help_of(CompareSettings, "n_test")),
     gamma: float = typer.Option(0.0, help="RBF γ (0: scikit-learn's 'scale' rule, 1/(d·Var X))."),
@@ -168,6 +191,7 @@ def compare(
     if features not in ("exact", "rff"):
         raise BadInput(f"--features must be exact or rff; got {features!r}")
     out.mkdir(parents=True, exist_ok=True)
+    dataset = _dataset(dataset)
     builds = {"RBF SVM": lambda: zoo.rbf_svm(split, gamma=gamma or None, features=features, temperature=temperature,
                                              seed=seed),
               "network on learned features": lambda: zoo.frozen_network(split, extractor),
@@ -175,7 +199,7 @@ def compare(
     # one bar over the whole run, closed (by the with) before any error line is printed
     with tqdm(total=len(builds) + 3, desc="whybox compare", unit="step", leave=False, disable=not progress) as bar:
         bar.set_postfix_str("pretraining the feature extractor")
-        split, extractor, _ = _setup(_pair(pair), seed, pretrain_iter)
+        split, extractor, _ = _setup(_pair(pair), seed, pretrain_iter, dataset)
         bar.update()
         attributors = {}
         for what, build in builds.items():
@@ -196,10 +220,11 @@ def compare(
         png = out / "compare.png"
         p0 = result.points[0]
         plot_comparison(p0, split.y_train, split.raw_train, split.raw_test[p0.test_index], png,
-                        class_names=split.class_names)
+                        image_shape=split.image_shape, class_names=split.class_names)
         report = result.to_dict()
-        report["settings"].update(pair=pair, n_train=len(split.X_train),
-                                  distance="squared Euclidean distance between standardised pixel vectors")
+        report["settings"].update(dataset=dataset, pair=pair, n_train=len(split.X_train),
+                                  distance="squared Euclidean distance between model-input pixel vectors "
+                                           "(digits: standardised; mnist: levels/255)")
         report["png"] = str(png)
         write_json(out / "compare.json", report)
         bar.update()
@@ -207,7 +232,7 @@ def compare(
     from rich.table import Table
 
     con = Console()
-    con.print(f"[bold]Influence vs input distance[/] on digits {pair}, {len(result.points)} test points all models get right")
+    con.print(f"[bold]Influence vs input distance[/] on {dataset} {pair}, {len(result.points)} test points all models get right")
     table = Table(title="correlation of |−I_up,loss| with ‖x − x_test‖² (mean ± std over test points; < 0 = local)")
     for col in ("model", "Spearman", "Pearson", "top-10 helpful with test label"):
         table.add_column(col, justify="right")

@@ -34,7 +34,9 @@ def loo_ground_truth(
 ) -> torch.Tensor:
     """Actual test-loss change after removing each training point and retraining, ``[m, k]``.
 
-    Each retraining starts from θ̂ and minimises (1/n)Σ_{j≠i}L(z_j, θ) + (w/2)‖θ‖² with L-BFGS.
+    Each retraining starts from θ̂ and minimises (1/n)Σ_{j≠i}L(z_j, θ) + (w/2)‖θ‖² with L-BFGS, for at
+    most ``max_iter`` iterations (a fixed budget for a model that is not at a minimum, like the
+    paper's "retrained from θ̃ for 30k steps").
     ``baseline``: measure the change from a retrain with nothing removed (``zoo.retrain_baseline``,
     same optimiser and budget) rather than from θ̂. Default: when θ̂ is not stationary to the
     retraining tolerance (‖∇R(θ̂)‖ > ``tol``, ``objective.stationarity()``), the only case where

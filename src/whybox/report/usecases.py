@@ -179,7 +179,7 @@ def plot_attack(result: AttackResult, X_test_raw: np.ndarray, image_shape: Seque
         lim = max(1.0, float(np.abs(diff).max()))
         for ax, img, cmap, vmin, vmax, name in (
             (axes[r, 0], orig, "gray_r", 0, span, f"train #{i}: original"),
-            (axes[r, 1], pert, "gray_r", 0, span, f"perturbed (L∞ {np.abs(diff).max():.0f})"),
+            (axes[r, 1], pert, "gray_r", 0, span, f"perturbed (L∞ {np.abs(diff).max():.3g})"),
             (axes[r, 2], diff, "RdBu_r", -lim, lim, "difference (levels)"),
         ):
             ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax)
@@ -257,4 +257,25 @@ def plot_comparison(
             a.set_title(title, fontsize=7)
             a.set_xticks([])
             a.set_yticks([])
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------- leave-one-out (§4.1, Fig 2)
+def plot_loo_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path) -> Path:
+    """PNG in the layout of the paper's Fig 2: per panel ``(title, predicted, actual)``, the actual
+    leave-one-out test-loss change against the predicted one, with the diagonal and Pearson's r."""
+    fig = Figure(figsize=(3.4 * max(1, len(panels)), 3.4))
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(panels))))
+    for ax, (title, pred, actual) in zip(axes, panels):
+        pred, actual = np.asarray(pred, float), np.asarray(actual, float)
+        lim = 1.05 * float(max(np.abs(pred).max(), np.abs(actual).max(), 1e-12))
+        ax.plot([-lim, lim], [-lim, lim], color="0.6", lw=0.8)
+        ax.scatter(actual, pred, s=9, alpha=0.7)
+        r = float(np.corrcoef(pred, actual)[0, 1]) if len(pred) > 2 else float("nan")
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_xlabel("actual loss change (retrained)")
+        ax.set_ylabel("predicted −(1/n)·I_up,loss")
+        ax.set_title(f"{title}\nPearson r = {r:.3f} ({len(pred)} points)", fontsize=8)
+        ax.grid(alpha=0.3)
     return _save(fig, path)

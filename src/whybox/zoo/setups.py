@@ -1,4 +1,4 @@
-"""Reference model setups for the paper's §5.1/§5.2 settings, scaled down to the embedded digits.
+"""Reference model setups for the paper's §5.1/§5.2 settings, scaled down to the embedded digits or MNIST.
 
 * ``frozen_network``: the stand-in for "Inception v3 with all but the top layer frozen": a small CNN
   trained once on *other* digit classes (so it has never seen the task's images), frozen, with a
@@ -24,7 +24,7 @@ from torch import nn
 from whybox.losses import SmoothHinge
 from whybox.objective import Objective
 from whybox.zoo.data import Split, load
-from whybox.zoo.models import cnn, logistic_regression
+from whybox.zoo.models import cnn, logistic_regression, mnist_cnn
 from whybox.zoo.train import train
 
 
@@ -74,17 +74,22 @@ class NystroemFeatures(nn.Module):
 def _check_binary(split: Split) -> None:
     if split.n_classes != 2:
         raise ValueError(f"these use cases need a binary task; {split.name} has {split.n_classes} classes "
-                         "(load it with zoo.load('digits', classes=(a, b)))")
+                         "(load it with zoo.load('digits', classes=(a, b)) or zoo.load('mnist', classes=(a, b)))")
 
 
 def pretrained_extractor(
-    split: Split, pair: Sequence[int], seed: int = 0, max_iter: int = 100, weight_decay: float = 1e-3
+    split: Split, pair: Sequence[int], seed: int = 0, max_iter: int = 100, weight_decay: float = 1e-3,
+    dataset: str = "digits",
 ) -> tuple[nn.Module, float]:
-    """A small tanh CNN trained on the digit classes *not* in ``pair``, cut before its top layer and
-    frozen. It takes ``split``'s standardised flat rows. Returns ``(extractor, pretraining test accuracy)``."""
+    """A small tanh CNN trained on the digit classes *not* in ``pair`` of ``dataset`` (``digits``:
+    ``zoo.cnn``, 8×8; ``mnist``: ``zoo.mnist_cnn``, 28×28, on that set's training split, so it never saw
+    the task's images), cut before its top layer and frozen. It takes ``split``'s flat model inputs.
+    Returns ``(extractor, pretraining test accuracy)``."""
+    if dataset not in ("digits", "mnist"):
+        raise ValueError(f"dataset must be 'digits' or 'mnist', got {dataset!r}")
     others = [c for c in range(10) if c not in set(pair)]
-    pre = load("digits", classes=others, seed=seed, images=True)
-    net = cnn(len(others), seed=seed)
+    pre = load(dataset, classes=others, seed=seed, images=True)
+    net = (cnn if dataset == "digits" else mnist_cnn)(len(others), seed=seed)
     with warnings.catch_warnings():  # a feature extractor need not be at a minimum: exactly max_iter iterations
         warnings.simplefilter("ignore", RuntimeWarning)
         obj, _ = train(net, "cross_entropy", pre.X_train, pre.y_train, weight_decay=weight_decay, tol=1e-7,
@@ -94,7 +99,7 @@ def pretrained_extractor(
     to_raw = (torch.as_tensor(split.std), torch.as_tensor(split.mean))
     scale = to_raw[0] / torch.as_tensor(pre.std)
     shift = (to_raw[1] - torch.as_tensor(pre.mean)) / torch.as_tensor(pre.std)
-    extractor = nn.Sequential(Affine(scale, shift), nn.Unflatten(1, (1, 8, 8)), *list(net.children())[:-1])
+    extractor = nn.Sequential(Affine(scale, shift), nn.Unflatten(1, tuple(pre.image_shape)), *list(net.children())[:-1])
     for prm in extractor.parameters():
         prm.requires_grad_(False)
     return extractor.eval(), acc

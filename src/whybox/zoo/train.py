@@ -208,6 +208,11 @@ class FrozenPrefix:
             return None
         return cls(objective, cut)
 
+    def head_at(self, theta: torch.Tensor, y: torch.Tensor | None = None) -> Objective:
+        """The head's objective on the cached features at ``theta``: the same θ, risk and Hessian as the
+        full model's (the prefix is frozen), without running the prefix (e.g. to fit a curvature)."""
+        return self.head.with_data(self.features, self.head.y if y is None else y).with_theta(theta)
+
     def refit(self, moved: Objective, rows: Sequence[int], tol: float) -> torch.Tensor:
         """θ after retraining on ``moved``'s data, where only ``rows`` changed, warm-started."""
         with torch.no_grad():
