@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import whybox
+from tests.curvature.test_kfac import ConvNet  # Conv2d, LayerNorm fallback, a Linear used twice
 from whybox.attribution.projection import ProjectedInfluence
 from whybox.curvature import InaccurateSolveError, NotPositiveDefiniteError
 from whybox.engine import score_to_store
@@ -48,23 +49,6 @@ def data(n: int, d: int = 6, classes: int = 3, seed: int = 1):
 def mlp(d_in: int = 6, hidden: int = 5, d_out: int = 3, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(d_in, hidden, dtype=DT), nn.Tanh(), nn.Linear(hidden, d_out, dtype=DT))
-
-
-class ConvNet(nn.Module):
-    """Conv2d (T > 1 patches), a LayerNorm (not factorable: dense projection) and a Linear layer called twice."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(2, 3, 3, padding=1, stride=2, dtype=DT)
-        self.norm = nn.LayerNorm(12, dtype=DT)
-        self.fc = nn.Linear(12, 4, dtype=DT)
-        self.shared = nn.Linear(4, 4, dtype=DT)
-
-    def forward(self, x):
-        h = self.norm(torch.tanh(self.conv(x)).flatten(1))
-        h = torch.tanh(self.shared(torch.relu(self.fc(h))))
-        return self.shared(h)
 
 
 def conv_problem():
