@@ -535,11 +535,13 @@ class Objective:
         if getattr(self, "_head", False) is not False:
             return self._head
         self._head = None
+        if len(self.output_shape) > 1:
+            return None
         for name, module in self.model.named_modules():
-            prefix = f"{name}." if name else ""
-            own = {f"{prefix}weight"} | ({f"{prefix}bias"} if module.bias is not None else set()) \
-                if isinstance(module, nn.Linear) else set()
-            if own and own == set(self.param_names) and len(self.output_shape) <= 1:
+            if not isinstance(module, nn.Linear):
+                continue
+            own = {f"{name}.{p}" if name else p for p, value in module.named_parameters(recurse=False)}
+            if own == set(self.param_names):
                 inputs, out = self._head_inputs(name, self.X[:4])
                 if inputs is not None and torch.equal(out.reshape(len(out), -1), self.outputs(self.X[:4]).reshape(len(out), -1)):
                     self._head = name
@@ -587,16 +589,19 @@ class Objective:
             yield from self._head_cache
             return
         loss_of_out = lambda o, t: self.loss_fn(o.reshape(self.output_shape), t)  # noqa: E731
-        terms = []
+        terms: list | None = []  # None once they outgrow cache_bytes: memory stays bounded in n
+        size = 0
         for s in self.chunks(self.n):
             a, out = self._head_inputs(name, self.X[s])
             if bias:
                 a = torch.cat([a, a.new_ones(len(a), 1)], dim=1)
             A = vmap(hessian(loss_of_out))(out.reshape(len(a), -1), self.y[s]).detach()
-            terms.append((a.detach(), A))
-            yield terms[-1]
-        if sum(a.numel() + A.numel() for a, A in terms) * self.theta.element_size() <= self.cache_bytes:
-            self._head_cache = terms
+            size += (a.numel() + A.numel()) * self.theta.element_size()
+            terms = terms if terms is not None and size <= self.cache_bytes else None
+            if terms is not None:
+                terms.append((a.detach(), A))
+            yield a.detach(), A
+        self._head_cache = terms
 
     def gauss_newton_factors(self, rows) -> torch.Tensor:
         """U_i = J_iᵀ A_i^{1/2} for training rows, ``[k, p, C]``: J_i the output Jacobian, A_i the

@@ -1,7 +1,8 @@
-"""Small shared helpers: machine/version stamps for benchmark tables, markdown tables."""
+"""Small shared helpers: machine/version stamps for benchmark tables, markdown tables, content digests."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 from collections.abc import Sequence
@@ -48,3 +49,20 @@ def markdown_table(rows: Sequence[dict[str, Any]], floatfmt: str = ".4g") -> str
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def digest(*parts: Any, length: int = 16) -> str:
+    """A short SHA-256 hex digest of tensors and arrays (their bytes), strings (UTF-8) and anything
+    else (its ``repr``): the one way stores, caches and solves recognise the same problem."""
+    import numpy as np
+    import torch
+
+    h = hashlib.sha256()
+    for part in parts:
+        if torch.is_tensor(part):
+            part = part.detach().cpu().contiguous().numpy()
+        if isinstance(part, np.ndarray):
+            h.update(np.ascontiguousarray(part).tobytes())
+        else:
+            h.update((part if isinstance(part, str) else repr(part)).encode())
+    return h.hexdigest()[:length]

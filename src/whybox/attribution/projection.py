@@ -49,7 +49,6 @@ by every later process and by ``whybox.score_to_store``); otherwise each query r
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -71,6 +70,7 @@ from whybox.curvature.kfac import (
     rows_per_chunk,
 )
 from whybox.objective import Objective
+from whybox.utils import digest
 
 _BLOCK_BYTES = 32 * 2**20  # one block of the dense projection's columns
 _KEEP_BYTES = 64 * 2**20  # keep the whole dense projection in memory up to this size
@@ -436,12 +436,8 @@ class ProjectedInfluence(Attributor):
     def _fingerprint(self) -> str:
         """Identifies the projected gradients: model, data, loss and projection (not damping or fisher)."""
         obj = self.objective
-        h = hashlib.sha256()
-        for t in (obj.theta, obj.X, obj.y):
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        h.update(repr((obj.loss_name, obj.param_names, self.dim_in, self.dim_out, self.dim_left,
-                       sorted(self.layer_dims.items()), self.seed, self._k, str(obj.dtype))).encode())
-        return h.hexdigest()[:16]
+        return digest(obj.theta, obj.X, obj.y, (obj.loss_name, obj.param_names, self.dim_in, self.dim_out, self.dim_left,
+                                                 sorted(self.layer_dims.items()), self.seed, self._k, str(obj.dtype)))
 
     def _fit_store(self) -> torch.Tensor:
         """Projected training gradients into ``store``, chunk by chunk (write, then mark done), and

@@ -10,7 +10,6 @@ the sign/units statement, the settings and the diagnostics.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,13 @@ import torch
 from tqdm.auto import tqdm
 
 from whybox.attribution import Attributor
+from whybox.utils import digest
 
 
 def _fingerprint(attributor: Attributor, X: torch.Tensor, y: torch.Tensor) -> str:
     """Identifies the problem, so a store is never resumed with other data, model or method."""
     obj = attributor.objective
-    h = hashlib.sha256()
-    for t in (obj.theta, obj.X, obj.y, X, y):
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    h.update(repr(attributor).encode())
-    h.update(f"{obj.weight_decay}|{obj.loss_name}".encode())
-    return h.hexdigest()[:16]
+    return digest(obj.theta, obj.X, obj.y, X, y, repr(attributor), f"{obj.weight_decay}|{obj.loss_name}")
 
 
 def score_to_store(

@@ -3,7 +3,6 @@ seconds and an interrupted run keeps the retrainings it finished."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,19 +11,13 @@ import torch
 from tqdm.auto import tqdm
 
 from whybox.objective import Objective
+from whybox.utils import digest
 
 
 def problem_key(objective: Objective, *parts) -> str:
     """A short hash of the trained problem (θ̂, data, loss, weight decay) and any extra arrays/values."""
-    h = hashlib.sha256()
-    for t in (objective.theta, objective.X, objective.y):
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    h.update(f"{objective.weight_decay}|{objective.loss_name}".encode())
-    for part in parts:
-        if torch.is_tensor(part):
-            part = part.detach().cpu().numpy()
-        h.update(np.ascontiguousarray(part).tobytes() if isinstance(part, np.ndarray) else repr(part).encode())
-    return h.hexdigest()[:20]
+    return digest(objective.theta, objective.X, objective.y, f"{objective.weight_decay}|{objective.loss_name}",
+                  *[p if torch.is_tensor(p) or isinstance(p, np.ndarray) else repr(p) for p in parts], length=20)
 
 
 def cached_rows(

@@ -16,7 +16,6 @@ convention (positive = the training point supports the test prediction) in loss 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from whybox.attribution.base import Attributor, Index
 from whybox.curvature import Curvature, make_solver
 from whybox.influence import second_order
 from whybox.objective import Objective
+from whybox.utils import digest
 
 
 class InfluenceFunction(Attributor):
@@ -70,7 +70,7 @@ class InfluenceFunction(Attributor):
     def s_test(self, X_test, y_test) -> torch.Tensor:
         """s_test = H⁻¹∇L(z_test) for each test point, ``[m, p]``; cached for the last test batch."""
         X, y = self.objective.check_data(X_test, y_test, "test")
-        key = _digest(X, y)  # by content: the engine's slices of the same rows reuse the solve
+        key = digest(X, y, X.shape, y.shape)  # by content: the engine's slices of the same rows reuse the solve
         if key not in self._stest:
             self._stest = {key: (self._solve(self.objective.grads(X, y)), X, y)}  # keep one batch
         return self._stest[key][0]
@@ -187,10 +187,3 @@ def _check_order(order: int) -> None:
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order}")
 
-
-def _digest(X: torch.Tensor, y: torch.Tensor) -> tuple:
-    """A content key for a test batch (shape, dtype and a hash of the values)."""
-    h = hashlib.blake2b(digest_size=16)
-    for t in (X, y):
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return X.shape, X.dtype, y.shape, h.hexdigest()
