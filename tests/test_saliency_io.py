@@ -47,15 +47,21 @@ MODEL_PY = textwrap.dedent("""
     """)
 
 
-def _write_model(tmp_path: Path) -> tuple[Path, Path]:
-    py = tmp_path / "net.py"
-    py.write_text(MODEL_PY)
+def _model():
+    """MODEL_PY's network with fixed weights: class 1 = a bright centre square (rows/cols 8..23)."""
     ns: dict = {}
     exec(MODEL_PY, ns)
     net = ns["Model"]()
     with torch.no_grad():
         net.conv.weight.fill_(1 / 3)
         net.gain.fill_(30.0)
+    return net
+
+
+def _write_model(tmp_path: Path) -> tuple[Path, Path]:
+    py = tmp_path / "net.py"
+    py.write_text(MODEL_PY)
+    net = _model()
     ck = tmp_path / "net.pt"
     torch.save(net.state_dict(), ck)
     return py, ck
@@ -146,12 +152,7 @@ def test_figures_have_titles_colour_bars_and_the_object_box():
 
     from whybox.saliency import max_point, result_figures
 
-    ns: dict = {}
-    exec(MODEL_PY, ns)
-    net = ns["Model"]()
-    with torch.no_grad():
-        net.conv.weight.fill_(1 / 3)
-        net.gain.fill_(30.0)
+    net = _model()
     x = torch.full((1, 3, 32, 32), 70 / 255)
     x[..., 8:24, 8:24] = 240 / 255
     res = MeaningfulPerturbation(net, perturbation="constant", iterations=60).explain(x)
