@@ -3,6 +3,8 @@ loader and the applications turn ``"auto"``/``"exact"``/``"cg"``/... into a solv
 
 from __future__ import annotations
 
+import inspect
+
 from whybox.curvature.arnoldi import Arnoldi
 from whybox.curvature.base import Curvature
 from whybox.curvature.cg import CG
@@ -35,6 +37,7 @@ def make_solver(name: str = "auto", damping: float = 0.0, p: int | None = None, 
         name = default_solver_name(p)
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; choose one of {['auto', *SOLVERS]}")
-    if name in ("exact", "cg", "lissa", "arnoldi"):
-        return SOLVERS[name](damping=damping, curvature=curvature)
-    return SOLVERS[name](damping=damping)
+    cls = SOLVERS[name]
+    if "curvature" in inspect.signature(cls).parameters:
+        return cls(damping=damping, curvature=curvature)
+    return cls(damping=damping)
