@@ -86,7 +86,7 @@ def explain(
 def _explain(settings, test_index, top_k, n_test, validate, report, out, as_json, quiet, store_options) -> None:
     from tqdm.auto import tqdm
 
-    from whybox.report import build_report, explanation_dict, print_explanation, write_outputs, write_report
+    from whybox.report.writers import explanation_dict, print_explanation, write_outputs
     from whybox.study import load_study
 
     with warnings.catch_warnings(), tqdm(total=3 + (store_options[0] is not None), desc="whybox explain", disable=quiet, leave=False, unit="step") as stages:
@@ -106,6 +106,8 @@ def _explain(settings, test_index, top_k, n_test, validate, report, out, as_json
         stages.update()
         stages.set_description("report and files")
         if report is not None or out is not None:
+            from whybox.report import build_report, write_report
+
             data = build_report(study, chosen, top_k=top_k, validate=validate, progress=not quiet)
             if report is not None:
                 write_report(report, data)

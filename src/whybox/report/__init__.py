@@ -9,9 +9,17 @@ points, the self-score ranking, retraining validation, settings), terminal table
 Everything in the page (images, figures, data) is embedded as base64; it makes no network request.
 """
 
-from whybox.report.build import ReportData, TestView, TrainView, build_report
-from whybox.report.render import render_html, write_report
-from whybox.report.writers import explanation_dict, print_explanation, write_outputs
+from importlib import import_module
 
-__all__ = ["ReportData", "TestView", "TrainView", "build_report", "explanation_dict", "print_explanation",
-           "render_html", "write_outputs", "write_report"]
+_HOME = {"ReportData": "build", "TestView": "build", "TrainView": "build", "build_report": "build",
+         "render_html": "render", "write_report": "render",
+         "explanation_dict": "writers", "print_explanation": "writers", "write_outputs": "writers"}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    """Import each part on first use: the terminal writers do not pay for the HTML report's imports."""
+    if name not in _HOME:
+        raise AttributeError(f"module 'whybox.report' has no attribute {name!r}")
+    return getattr(import_module(f"whybox.report.{_HOME[name]}"), name)
