@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from whybox.curvature.base import NotPositiveDefiniteError
-from whybox.curvature.kfac import KFAC, KroneckerLayer, suggest_damping
+from whybox.curvature.kfac import KFAC, KroneckerLayer, aligned_mm, suggest_damping
 
 
 class EKFAC(KFAC):
@@ -33,9 +33,9 @@ class EKFAC(KFAC):
         acc = [torch.zeros(l.d_out, l.d_in, dtype=torch.float64, device=l.index.device) for l in self._layers]
         for cg in self._passes([]):
             for i, (layer, (a, D)) in enumerate(zip(self._layers, cg.layers)):
-                at, Dt = a @ layer.eig_A[1], D @ layer.eig_G[1]  # rows in the eigenbasis
+                at, Dt = _rotate(a, layer.eig_A[1]), _rotate(D, layer.eig_G[1])  # rows in the eigenbasis
                 if a.shape[1] == 1:
-                    acc[i] += ((Dt[:, :, 0] ** 2).sum(0).T @ at[:, 0] ** 2).double()
+                    acc[i] += aligned_mm((Dt[:, :, 0] ** 2).sum(0).T, at[:, 0] ** 2).double()
                 else:
                     acc[i] += (torch.einsum("kbto,bti->kboi", Dt, at) ** 2).sum((0, 1)).double()
         lam = self.shift
@@ -74,6 +74,11 @@ class EKFAC(KFAC):
     def rank_one_quadratic(self, layer: KroneckerLayer, d: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         dt, at = d @ layer.eig_G[1], a @ layer.eig_A[1]
         return ((dt**2 @ layer.extra["inverse_diagonal"]) * at**2).sum(1)
+
+
+def _rotate(rows: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """``rows [..., d] @ Q`` as one 2-D product at BLAS-friendly widths."""
+    return aligned_mm(rows.reshape(-1, rows.shape[-1]), Q).reshape(rows.shape)
 
 
 def _eigh(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
