@@ -321,6 +321,8 @@ class KFAC(Curvature):
         fisher: ``"sampled"`` (true Fisher, one sampled target per example), ``"ggn"`` (exact
             output-Hessian factorisation, C backward passes) or ``"empirical"`` (observed labels).
         seed: for the sampled targets.
+        strict: raise ``InaccurateSolveError`` instead of warning when a check fails (a flat solve's
+            residual; ``KFACInfluence``'s measured low-rank EK-FAC error).
 
     ``solve`` applies the inverse to flat vectors in ``objective.param_names`` order, so
     ``InfluenceFunction(objective, KFAC())`` works unchanged; ``whybox.KFACInfluence`` scores
@@ -328,8 +330,8 @@ class KFAC(Curvature):
     the fallback parameters and the factors' extreme eigenvalues.
     """
 
-    def __init__(self, damping: float = 0.0, fisher: str = "sampled", seed: int = 0) -> None:
-        super().__init__(damping, curvature="ggn")  # a Kronecker-factored Gauss-Newton/Fisher, whatever `fisher` is
+    def __init__(self, damping: float = 0.0, fisher: str = "sampled", seed: int = 0, strict: bool = False) -> None:
+        super().__init__(damping, strict=strict, curvature="ggn")  # a Kronecker-factored Gauss-Newton/Fisher, whatever `fisher` is
         if fisher not in FISHER:
             raise ValueError(f"fisher must be one of {FISHER}, got {fisher!r}")
         self.fisher = fisher
