@@ -32,7 +32,7 @@ import torch
 from whybox.attribution.base import Index
 from whybox.curvature.base import InaccurateSolveError
 from whybox.curvature.ekfac import EKFAC, LowRankInverse, low_rank_inverse
-from whybox.curvature.kfac import KFAC, ChunkGrads, KroneckerLayer, chunk_grads
+from whybox.curvature.kfac import KFAC, ChunkGrads, KroneckerLayer, aligned_mm, chunk_grads
 from whybox.influence.first_order import InfluenceFunction
 from whybox.objective import Objective
 
@@ -262,14 +262,17 @@ class KFACInfluence(InfluenceFunction):
             m, R = f.U.shape[:2]
             U, V = f.U.reshape(m * R, -1).T, f.V.reshape(m * R, -1).T
             for s in _row_blocks(len(a), m * R):
-                blocks.append(((D[s, 0] @ U) * (a[s, 0] @ V)).reshape(-1, m, R).sum(2))
+                blocks.append((aligned_mm(D[s, 0], U) * aligned_mm(a[s, 0], V)).reshape(-1, m, R).sum(2))
             return torch.cat(blocks)
         S = f.S
         m = len(S)
-        if a.shape[1] == 1:
-            S_cols = S.permute(1, 0, 2).reshape(layer.d_out, m * layer.d_in)
-            for s in _row_blocks(len(a), m * layer.d_in):
-                blocks.append(((D[s, 0] @ S_cols).reshape(-1, m, layer.d_in) * a[s, 0, None, :]).sum(2))
+        if a.shape[1] == 1:  # one GEMM over the longer side of Sₜ, then the other side elementwise
+            if layer.d_out >= layer.d_in:
+                inner, outer, cols = D[:, 0], a[:, 0], S.permute(1, 0, 2).reshape(layer.d_out, m * layer.d_in)
+            else:
+                inner, outer, cols = a[:, 0], D[:, 0], S.permute(2, 0, 1).reshape(layer.d_in, m * layer.d_out)
+            for s in _row_blocks(len(a), cols.shape[1]):
+                blocks.append((aligned_mm(inner[s], cols).reshape(len(inner[s]), m, -1) * outer[s, None, :]).sum(2))
         else:
             for s in _row_blocks(len(a), layer.d_out * layer.d_in):
                 blocks.append(_layer_grads(a[s], D[s]).reshape(len(a[s]), -1) @ S.reshape(m, -1).T)
