@@ -191,7 +191,7 @@ class _Capture:
                 parts.append(g.reshape(len(g), layer.d_out, -1).transpose(1, 2))
             else:
                 parts.append(g.reshape(len(g), -1, layer.d_out))
-        return torch.cat(parts, 1)
+        return _cat(parts, 1)
 
 
 def sample_targets(objective: Objective, out: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -261,9 +261,14 @@ def chunk_grads(
     missing = [layer.module for layer, a in zip(layers, cap.inputs) if not a]
     if missing:
         raise ValueError(f"layers {missing} were not called in the model's forward pass; leave their parameters out (params=...)")
-    pairs = [(torch.cat(a, 1), torch.stack(d)) for a, d in zip(cap.inputs, D)]
+    pairs = [(_cat(a, 1), d[0][None] if len(d) == 1 else torch.stack(d)) for a, d in zip(cap.inputs, D)]
     rest = _left_grads(objective, left, X, U) if left else None
     return ChunkGrads(pairs, rest)
+
+
+def _cat(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """``torch.cat`` without the copy when there is one part (a layer called once)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
 
 
 def _left_grads(objective: Objective, names: list[str], X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
