@@ -271,3 +271,13 @@ def test_chunks_shrink_to_the_memory_budget(monkeypatch):
     assert curv.chunk_rows == 5
     flat = whybox.InfluenceFunction(obj, curv).fit()
     assert rel(fast.scores(X[:3], y[:3]), flat.scores(X[:3], y[:3])) < 1e-8
+
+
+@pytest.mark.parametrize("rows,d,n", [(7, 513, 513), (9, 257, 300), (5, 64, 65), (3, 300, 1), (4, 10, 3)])
+def test_gram_and_aligned_products_equal_plain_products(rows, d, n):
+    """The fit's block-triangular Gram matrix and its products split at 64-aligned widths (the
+    small MLPs above never reach widths ≥ 256, where the blocked path starts)."""
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(rows, d, generator=gen, dtype=DT), torch.randn(d, n, generator=gen, dtype=DT)
+    torch.testing.assert_close(whybox.curvature.kfac.gram(x), x.T @ x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(whybox.curvature.kfac.aligned_mm(x, w), x @ w, rtol=1e-12, atol=1e-12)
