@@ -188,7 +188,7 @@ class KFACInfluence(InfluenceFunction):
         out = []
         for layer, (a, D) in zip(kf.layers, cg.layers):
             plan = self._plan(layer) if a.shape[1] == 1 else None
-            if plan is not None:  # EK-FAC, low rank: Q_G ((Q_Gᵀδₜ ⊙ leftᵣ)) and Q_A ((Q_Aᵀāₜ ⊙ rightᵣ))
+            if plan is not None:  # EK-FAC, low rank: Q_G(δ̃ₜ ⊙ leftᵣ) and Q_A(ãₜ ⊙ rightᵣ)
                 qa, qg = layer.eig_A[1], layer.eig_G[1]
                 dt, at = D[0, :, 0] @ qg, a[:, 0] @ qa
                 U = (dt[:, None, :] * plan.left.T[None]) @ qg.T
