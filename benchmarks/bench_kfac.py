@@ -4,13 +4,16 @@
     python benchmarks/bench_kfac.py --n 10000 50000    # and n = 50,000
     python benchmarks/bench_kfac.py --methods projected --proj-dim 32   # only the projected method
     python benchmarks/bench_kfac.py --quick            # n = 2,000, 20 test points (a smoke run)
+    python benchmarks/bench_kfac.py --methods EKFAC --ekfac-rank-tolerance 0 0.03 0.01   # EK-FAC scoring routes
 
 Synthetic data (a 10-class Gaussian mixture in 256 dimensions, no downloads), a ReLU MLP trained
 for a few epochs with Adam in float32 (not at a minimum: the Gauss-Newton curvature is PSD anyway).
 Each method runs in a fresh process (its own peak RSS):
 
 * total = ``KFACInfluence(obj, KFAC()/EKFAC()).fit()`` + ``scores`` of the test points against all
-  n training points (factored: layer inputs and output gradients, no per-example gradients),
+  n training points (factored: layer inputs and output gradients, no per-example gradients; EK-FAC
+  with ``rank_tolerance`` = each of ``--ekfac-rank-tolerance``, 0 = ``scoring="dense"``; its
+  ranks per layer, the largest estimated error and the error measured on 16 rows are reported),
   timed after torch.func's once-per-process warm-up (reported apart: its first vmap of the loss
   imports sympy through torch's decompositions);
 * epoch = one pass of forward+backward over the n training points in the same chunks (best of 3);
@@ -131,6 +134,7 @@ def run_method(path: str, method: str, args: argparse.Namespace, queue) -> None:
     base = rss_mib()
     rows = torch.randperm(n, generator=torch.Generator().manual_seed(1))[: args.check_rows]
     second, curvature_error = "n/a", "n/a"
+    ranks, estimated, measured = "n/a", "n/a", "n/a"
     if method == "projected":
         start = time.perf_counter()
         fast = whybox.ProjectedInfluence(obj, dim_in=args.proj_dim, dim_out=args.proj_dim, damping=args.damping).fit()
@@ -147,9 +151,11 @@ def run_method(path: str, method: str, args: argparse.Namespace, queue) -> None:
         curvature_error = float((fast.curvature.dense() - F_slow).norm() / F_slow.norm())
         label = f"projected {args.proj_dim}x{args.proj_dim} (k = {fast.dim}, empirical)"
     else:
+        method, _, tol = method.partition(":")
         curvature = {"KFAC": whybox.KFAC, "EKFAC": whybox.EKFAC}[method](damping=args.damping)
+        scoring = {"scoring": "dense"} if tol and float(tol) == 0 else {"rank_tolerance": float(tol)} if tol else {}
         start = time.perf_counter()
-        fast = whybox.KFACInfluence(obj, curvature).fit()
+        fast = whybox.KFACInfluence(obj, curvature, **scoring).fit()
         fitted = time.perf_counter()
         scores = fast.scores(Xt, yt)
         done = time.perf_counter()
@@ -157,7 +163,12 @@ def run_method(path: str, method: str, args: argparse.Namespace, queue) -> None:
         start_slow = time.perf_counter()
         slow = whybox.InfluenceFunction(obj, curvature).fit().scores(Xt, yt, rows).double()
         slow_s = time.perf_counter() - start_slow
-        label = f"{method} ({curvature.fisher})"
+        route = "" if method == "KFAC" else ", dense" if "scoring" in scoring else f", low rank {tol}"
+        label = f"{method} ({curvature.fisher}{route})"
+        layers = fast.diagnostics.get("low_rank_layers", {})
+        ranks = " / ".join(f"{v['rank']}{'' if v['route'] == 'low_rank' else ' (dense)'}" for v in layers.values()) or "n/a"
+        estimated = max((v["estimated_error"] for v in layers.values() if v["route"] == "low_rank"), default="n/a")
+        measured = fast.diagnostics.get("low_rank_measured_error", "n/a")
     ours = scores[:, rows].double()
     per_test = [float(np.corrcoef(ours[j], slow[j])[0, 1]) for j in range(len(slow))]
     queue.put({
@@ -169,6 +180,7 @@ def run_method(path: str, method: str, args: argparse.Namespace, queue) -> None:
         "rel. error": float((ours - slow).norm() / slow.norm()),
         f"slow way s ({len(rows)} rows)": slow_s,
         "2nd query s": second, "curvature rel. error": curvature_error,
+        "EK-FAC rank per layer": ranks, "est. error": estimated, "measured error (16 rows)": measured,
     })
 
 
@@ -177,6 +189,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="*", default=[10_000], help="training-set sizes")
     ap.add_argument("--tests", type=int, default=100, help="test points")
     ap.add_argument("--methods", nargs="*", default=["KFAC", "EKFAC", "projected"], choices=["KFAC", "EKFAC", "projected"])
+    ap.add_argument("--ekfac-rank-tolerance", type=float, nargs="*", default=[1e-2],
+                    help="EKFAC: KFACInfluence(rank_tolerance=...), one run each; 0 = scoring='dense'")
     ap.add_argument("--proj-dim", type=int, default=32, help="projected method: dim_in = dim_out per layer")
     ap.add_argument("--damping", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each run")
@@ -198,7 +212,8 @@ def main() -> None:
             print(f"n = {n:,}: trained, test accuracy {task['test_accuracy']:.3f}", flush=True)
             path = str(Path(tmp) / f"task{n}.pt")
             torch.save(task, path)
-            for method in args.methods:
+            for method in [f"EKFAC:{t:g}" if m == "EKFAC" else m for m in args.methods
+                           for t in (args.ekfac_rank_tolerance if m == "EKFAC" else [None])]:
                 queue = ctx.Queue()
                 proc = ctx.Process(target=run_method, args=(path, method, args, queue))
                 proc.start()
@@ -209,8 +224,8 @@ def main() -> None:
     print(markdown_table(rows))
     sizes = sorted({r["n"] for r in rows})
     if len(sizes) > 1:
-        for method in dict.fromkeys(r["method"].split(" (")[0] for r in rows):
-            by_n = {r["n"]: r for r in rows if r["method"].split(" (")[0] == method}
+        for method in dict.fromkeys(r["method"] for r in rows):
+            by_n = {r["n"]: r for r in rows if r["method"] == method}
             if sizes[0] in by_n and sizes[-1] in by_n:
                 a, b = by_n[sizes[0]], by_n[sizes[-1]]
                 slope = np.log(b["total s"] / a["total s"]) / np.log(sizes[-1] / sizes[0])

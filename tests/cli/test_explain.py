@@ -239,3 +239,14 @@ def test_image_folder_and_regression(tmp_path, capsys):
     assert "WRONG" not in reg_html
     assert "✗" not in reg_html and "✓" not in reg_html
     assert re.search(r'class="status right">error [-+]', reg_html)
+
+
+def test_ekfac_rank_tolerance_option(capsys):
+    """--ekfac-rank-tolerance 0 is the exact dense EK-FAC route; a positive value the low-rank one."""
+    for tol, scoring in (("0", "dense"), ("0.05", "low_rank")):
+        code, out, err = run(["explain", "--dataset", "iris", "--solver", "ekfac", "--damping", "1e-3",
+                              "--ekfac-rank-tolerance", tol, "--json", "-q"], capsys)
+        assert code == 0, err
+        assert json.loads(out)["diagnostics"]["scoring"] == scoring
+    code, _, err = run(["explain", "--dataset", "iris", "--solver", "ekfac", "--ekfac-rank-tolerance", "1"], capsys)
+    assert code == 2 and "--ekfac-rank-tolerance must be in [0, 1)" in err

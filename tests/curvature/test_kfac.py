@@ -140,15 +140,19 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(whybox.attribution.kfac, "_BLOCK_ELEMENTS", 64)
 
 
+EXACT_ROUTES = {"dense": {"scoring": "dense"}, "full_rank": {"rank_tolerance": 0.0}}  # EK-FAC's exact scoring routes
+
+
 @pytest.mark.parametrize("cls", [whybox.KFAC, whybox.EKFAC])
 @pytest.mark.parametrize("fisher", ["sampled", "ggn", "empirical"])
-def test_factored_scores_equal_influence_function_with_the_same_curvature(cls, fisher, small_blocks):
+@pytest.mark.parametrize("route", EXACT_ROUTES)
+def test_factored_scores_equal_influence_function_with_the_same_curvature(cls, fisher, route, small_blocks):
     X, y = data(80)
-    obj = whybox.Objective(mlp(), "cross_entropy", X, y, weight_decay=0.01, batch_size=32)
+    obj = whybox.Objective(mlp(hidden=12), "cross_entropy", X, y, weight_decay=0.01, batch_size=32)
     Xt, yt = data(5, seed=7)
     curv = cls(damping=0.001, fisher=fisher)
     flat = whybox.InfluenceFunction(obj, curv).fit()
-    fast = whybox.KFACInfluence(obj, curv).fit()
+    fast = whybox.KFACInfluence(obj, curv, **EXACT_ROUTES[route]).fit()
     assert fast.units == "loss" and fast.sign == flat.sign
     assert rel(fast.scores(Xt, yt), flat.scores(Xt, yt)) < 1e-8
     assert rel(fast.scores(Xt, yt, [3, 1, 4]), flat.scores(Xt, yt, [3, 1, 4])) < 1e-8
@@ -164,7 +168,7 @@ def test_factored_scores_other_losses(loss, d_out, labels):
     for cls in (whybox.KFAC, whybox.EKFAC):
         curv = cls(damping=0.001)
         flat = whybox.InfluenceFunction(obj, curv).fit().scores(X[:4], y[:4])
-        assert rel(whybox.KFACInfluence(obj, curv).fit().scores(X[:4], y[:4]), flat) < 1e-8
+        assert rel(whybox.KFACInfluence(obj, curv, rank_tolerance=0).fit().scores(X[:4], y[:4]), flat) < 1e-8
 
 
 class ConvNet(nn.Module):
@@ -193,7 +197,7 @@ def test_conv_shared_layer_and_fallback_equal_the_flat_route(small_blocks):
     for cls in (whybox.KFAC, whybox.EKFAC):
         curv = cls(damping=0.001, fisher="ggn")
         with pytest.warns(RuntimeWarning, match=r"norm\.weight', 'norm\.bias"):
-            fast = whybox.KFACInfluence(obj, curv).fit()
+            fast = whybox.KFACInfluence(obj, curv, rank_tolerance=0).fit()
         assert [(l.module, l.kind, l.d_in) for l in curv.layers] == [("conv", "conv2d", 19), ("fc", "linear", 13), ("shared", "linear", 5)]
         S = curv.solve(obj.grads(X[:3], y[:3]))  # the flat route by its definition
         assert rel(fast.scores(X[:3], y[:3]), S @ G_train.T / obj.n) < 1e-8
@@ -210,7 +214,7 @@ def test_valid_padding_dilated_conv_equals_the_flat_route():
     for cls in (whybox.KFAC, whybox.EKFAC):
         curv = cls(damping=0.001)
         flat = whybox.InfluenceFunction(obj, curv).fit().scores(X[:3], y[:3])
-        assert rel(whybox.KFACInfluence(obj, curv).fit().scores(X[:3], y[:3]), flat) < 1e-8
+        assert rel(whybox.KFACInfluence(obj, curv, rank_tolerance=0).fit().scores(X[:3], y[:3]), flat) < 1e-8
 
 
 def test_bias_only_and_frozen_bias_layers():
@@ -267,3 +271,13 @@ def test_chunks_shrink_to_the_memory_budget(monkeypatch):
     assert curv.chunk_rows == 5
     flat = whybox.InfluenceFunction(obj, curv).fit()
     assert rel(fast.scores(X[:3], y[:3]), flat.scores(X[:3], y[:3])) < 1e-8
+
+
+@pytest.mark.parametrize("rows,d,n", [(7, 513, 513), (9, 257, 300), (5, 64, 65), (3, 300, 1), (4, 10, 3)])
+def test_gram_and_aligned_products_equal_plain_products(rows, d, n):
+    """The fit's block-triangular Gram matrix and its products split at 64-aligned widths (the
+    small MLPs above never reach widths ≥ 256, where the blocked path starts)."""
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(rows, d, generator=gen, dtype=DT), torch.randn(d, n, generator=gen, dtype=DT)
+    torch.testing.assert_close(whybox.curvature.kfac.gram(x), x.T @ x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(whybox.curvature.kfac.aligned_mm(x, w), x @ w, rtol=1e-12, atol=1e-12)

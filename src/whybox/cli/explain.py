@@ -45,6 +45,7 @@ def explain(
     damping: float = typer.Option(0.0, help=help_of(MethodSettings, "damping")),
     curvature: str = typer.Option("hessian", help=help_of(MethodSettings, "curvature")),
     projection_dim: int = typer.Option(32, help=help_of(MethodSettings, "projection_dim")),
+    ekfac_rank_tolerance: float = typer.Option(1e-2, help=help_of(MethodSettings, "ekfac_rank_tolerance")),
     test_index: int | None = typer.Option(None, help="Test point to explain (default: the first misclassified one)."),
     top_k: int = typer.Option(5, help="How many helpful and harmful training points to list."),
     n_test: int = typer.Option(8, help="Test points in the report's chooser and in --out files."),
@@ -66,12 +67,14 @@ def explain(
     With no arguments: L2 logistic regression on the embedded digits, first misclassified test point.
     """
     _check_options(top_k, n_test, validate, sklearn, solver, damping, curvature, report, out, projection_dim)
+    if not 0 <= ekfac_rank_tolerance < 1:
+        raise BadInput(f"--ekfac-rank-tolerance must be in [0, 1) (0: exact dense scoring), got {ekfac_rank_tolerance}")
     _check_store_options(store, workers, scheduler)
     settings = (
         DataSettings(dataset, train, test, label_column, test_fraction, standardize, seed),
         ModelSettings(model, model_code, model_name, sklearn, C, loss, weight_decay, params,
                       class_order.split(",") if class_order else None, device, not float32),
-        MethodSettings(method, solver, damping, curvature, projection_dim),
+        MethodSettings(method, solver, damping, curvature, projection_dim, ekfac_rank_tolerance),
     )
     try:
         _explain(settings, test_index, top_k, n_test, validate, report, out, as_json, quiet, (store, workers, scheduler))
