@@ -99,6 +99,8 @@ METHODS = {
     "whybox Exact": whybox_method("exact"),
     "whybox CG": whybox_method("cg"),
     "whybox CG (rtol 1e-4)": whybox_method("cg", rtol=1e-4),
+    "whybox CG (rtol 1e-3)": whybox_method("cg", rtol=1e-3),
+    "whybox CG (rtol 1e-2)": whybox_method("cg", rtol=1e-2),
     "dattri CG (defaults: 10 iterations)": dattri_method("cg"),
     "dattri CG (200 iterations, tol 1e-10)": dattri_method("cg", max_iter=200, tol=1e-10),
     "dattri Explicit": dattri_method("explicit"),
