@@ -109,7 +109,8 @@ def _autograd_hvp(obj, V):
 
 
 def test_linear_head_hvp_equals_autograd(binary_lr, digits_lr):
-    """GLMs and an explained last layer take the two-GEMM product over the layer's inputs."""
+    """GLMs and an explained last layer take the two-GEMM product over the layer's inputs, and
+    rank-one per-example gradients."""
     d = zoo.load("digits")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -121,6 +122,9 @@ def test_linear_head_hvp_equals_autograd(binary_lr, digits_lr):
         assert obj._linear_head() == head
         V = torch.randn(3, obj.p, dtype=obj.dtype, generator=gen)
         torch.testing.assert_close(obj.hvp(V), _autograd_hvp(obj, V), rtol=1e-10, atol=1e-13)
+        # per-example gradients: the closed-form rank-one route on heads, against torch.func per example
+        ref = torch.func.vmap(torch.func.grad(obj._example_loss), in_dims=(None, 0, 0))(obj.theta, obj.X[:40], obj.y[:40])
+        torch.testing.assert_close(obj.grads(obj.X[:40], obj.y[:40]), ref, rtol=1e-10, atol=1e-13)
     moved = digits_lr[1].with_theta(digits_lr[1].theta * 0.5)  # the cached output Hessians belong to θ̂
     V = torch.randn(2, moved.p, dtype=moved.dtype, generator=gen)
     torch.testing.assert_close(moved.hvp(V), _autograd_hvp(moved, V), rtol=1e-10, atol=1e-13)

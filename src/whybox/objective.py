@@ -137,6 +137,11 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
             )
 
 
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat`` without the copy when there is one part (a [n, p] gradient matrix can be GBs)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 _TRAIN_MODE_LAYERS = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
 
@@ -387,26 +392,28 @@ class Objective:
     def iter_grads(self, X=None, y=None) -> Iterator[tuple[slice, torch.Tensor]]:
         """Per-example gradients ∇θL(zᵢ, θ̂) as ``(rows, [B, p])`` chunks (batched, no loop over rows)."""
         X, y = self._data(X, y)
-        per_example = vmap(grad(self._example_loss), in_dims=(None, 0, 0))
+        head = self._linear_head() is not None  # a GLM or an explained last layer: rank-one, in closed form
+        per_example = self._head_grads if head else lambda X, y: vmap(grad(self._example_loss), in_dims=(None, 0, 0))(
+            self.theta, X, y).detach()
         rows = max(1, min(self.batch_size, 2**26 // (self.p * self.theta.element_size())))  # ≤ 64 MiB a chunk
         for s in self.chunks(len(X), rows):
-            yield s, per_example(self.theta, X[s], y[s]).detach()
+            yield s, per_example(X[s], y[s])
 
     def grads(self, X=None, y=None) -> torch.Tensor:
         """Per-example gradients of the plain loss, ``[N, p]`` (training data by default)."""
         if X is None:
             return self.train_grads(slice(None))
-        return torch.cat([g for _, g in self.iter_grads(X, y)])
+        return _cat([g for _, g in self.iter_grads(X, y)])
 
     def train_grads(self, rows) -> torch.Tensor:
         """Gradients of the selected training rows, ``[k, p]``. All n are cached when they fit in
         ``cache_bytes`` (default 512 MiB); otherwise only the asked rows are computed, so callers
         that stream over row chunks use bounded memory however large n is."""
         if self._train_grads is None and self.n * self.p * self.theta.element_size() <= self.cache_bytes:
-            self._train_grads = torch.cat([g for _, g in self.iter_grads(self.X, self.y)])
+            self._train_grads = _cat([g for _, g in self.iter_grads(self.X, self.y)])
         if self._train_grads is not None:
             return self._train_grads[rows]
-        return torch.cat([g for _, g in self.iter_grads(self.X[rows], self.y[rows])])
+        return _cat([g for _, g in self.iter_grads(self.X[rows], self.y[rows])])
 
     def risk_grad(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """∇R(θ): zero at a converged θ̂."""
@@ -579,6 +586,17 @@ class Objective:
         over the layer's inputs: O(n·C·d) per vector, no autograd. Inputs and Aᵢ are cached while
         they fit in ``cache_bytes``."""
         name = self._linear_head()
+        index, bias = self._head_index(name)
+        W = V[:, index]  # [k, C, d̃]
+        out = torch.zeros_like(V)
+        for a, A in self._head_terms(name, bias):
+            JV = torch.einsum("bj,kcj->kbc", a, W)  # each example's output change
+            out[:, index] += torch.einsum("bce,kbe,bj->kcj", A, JV, a)  # through the output Hessian, back onto W̃
+        return out / self.n + self.decay * V
+
+    def _head_index(self, name: str) -> tuple[torch.Tensor, bool]:
+        """Where W̃ = [W, b] of the Linear head ``name`` sits in θ: ``index [C, d̃]`` (column d the
+        bias, if it has one), and whether it has one."""
         module = self.model.get_submodule(name)
         C, d, bias = module.out_features, module.in_features, module.bias is not None
         prefix = f"{name}." if name else ""
@@ -586,12 +604,22 @@ class Objective:
         index = offsets[f"{prefix}weight"] + torch.arange(C * d, device=self.device).reshape(C, d)
         if bias:  # column d of W̃ = [W, b] is the bias
             index = torch.cat([index, offsets[f"{prefix}bias"] + torch.arange(C, device=self.device)[:, None]], dim=1)
-        W = V[:, index]  # [k, C, d̃]
-        out = torch.zeros_like(V)
-        for a, A in self._head_terms(name, bias):
-            JV = torch.einsum("bj,kcj->kbc", a, W)  # each example's output change
-            out[:, index] += torch.einsum("bce,kbe,bj->kcj", A, JV, a)  # through the output Hessian, back onto W̃
-        return out / self.n + self.decay * V
+        return index, bias
+
+    def _head_grads(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example gradients ``[B, p]`` when the explained parameters are one Linear head: the
+        rank-one ∂L/∂oᵢ ãᵢᵀ (output gradient times the layer's input with a 1 appended), no
+        per-example autograd through the model."""
+        name = self._linear_head()
+        index, bias = self._head_index(name)
+        a, out = self._head_inputs(name, X)
+        if bias:
+            a = torch.cat([a, a.new_ones(len(a), 1)], dim=1)
+        loss_of_out = lambda o, t: self.loss_fn(o.reshape(self.output_shape), t)  # noqa: E731
+        D = vmap(grad(loss_of_out))(out.reshape(len(a), -1), y)  # [B, C]
+        G = a.new_empty(len(a), self.p)
+        G[:, index.reshape(-1)] = (D[:, :, None] * a[:, None, :]).reshape(len(a), -1)
+        return G.detach()
 
     def _head_terms(self, name: str, bias: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(ã [B, d̃], A [B, C, C]) over training chunks; kept in memory when they fit in ``cache_bytes``."""
