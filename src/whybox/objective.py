@@ -29,7 +29,7 @@ from typing import Union
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, hessian, jacrev, jvp, vjp, vmap
+from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 
 from whybox import losses as _losses
 from whybox.losses import LossFn
@@ -615,25 +615,43 @@ class Objective:
         a, out = self._head_inputs(name, X)
         if bias:
             a = torch.cat([a, a.new_ones(len(a), 1)], dim=1)
-        loss_of_out = lambda o, t: self.loss_fn(o.reshape(self.output_shape), t)  # noqa: E731
-        D = vmap(grad(loss_of_out))(out.reshape(len(a), -1), y)  # [B, C]
+        D = self._output_derivatives(out, y)[0]  # [B, C]
         G = a.new_empty(len(a), self.p)
         G[:, index.reshape(-1)] = (D[:, :, None] * a[:, None, :]).reshape(len(a), -1)
         return G.detach()
+
+    def _output_derivatives(self, out: torch.Tensor, y: torch.Tensor, second: bool = False
+                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """∂Lᵢ/∂oᵢ ``[B, C]`` and, with ``second``, ∂²Lᵢ/∂oᵢ² ``[B, C, C]`` for model outputs ``out``,
+        by plain autograd on the outputs (Lᵢ depends on its own row only, so the gradient of ΣLᵢ
+        holds every row's; C more backward passes give the Hessians). No torch.func transform:
+        nothing to warm up (vmap(grad) costs ~1 s on its first call in a process)."""
+        o = out.detach().reshape(len(out), -1).requires_grad_(True)
+        loss_of_out = lambda row, t: self.loss_fn(row.reshape(self.output_shape), t)  # noqa: E731
+        with torch.enable_grad():
+            total = vmap(loss_of_out)(o, y).sum()
+            (D,) = torch.autograd.grad(total, o, create_graph=second)
+            if not second:
+                return D.detach(), None
+            if not D.requires_grad:  # the loss is linear in the outputs
+                return D.detach(), o.new_zeros(len(o), o.shape[1], o.shape[1])
+            rows = [torch.autograd.grad(D[:, c].sum(), o, retain_graph=True, allow_unused=True)[0]
+                    for c in range(o.shape[1])]
+        A = torch.stack([torch.zeros_like(o) if r is None else r for r in rows], dim=1)
+        return D.detach(), A.detach()
 
     def _head_terms(self, name: str, bias: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(ã [B, d̃], A [B, C, C]) over training chunks; kept in memory when they fit in ``cache_bytes``."""
         if self._head_cache is not None:
             yield from self._head_cache
             return
-        loss_of_out = lambda o, t: self.loss_fn(o.reshape(self.output_shape), t)  # noqa: E731
         terms: list | None = []  # None once they outgrow cache_bytes: memory stays bounded in n
         size = 0
         for s in self.chunks(self.n):
             a, out = self._head_inputs(name, self.X[s])
             if bias:
                 a = torch.cat([a, a.new_ones(len(a), 1)], dim=1)
-            A = vmap(hessian(loss_of_out))(out.reshape(len(a), -1), self.y[s]).detach()
+            A = self._output_derivatives(out, self.y[s], second=True)[1]
             size += (a.numel() + A.numel()) * self.theta.element_size()
             terms = terms if terms is not None and size <= self.cache_bytes else None
             if terms is not None:
@@ -648,8 +666,7 @@ class Objective:
         X, y = self.X[rows], self.y[rows]
         out_fn = lambda th, x: self.outputs(x.unsqueeze(0), th).reshape(-1)  # noqa: E731
         J = vmap(jacrev(out_fn), in_dims=(None, 0))(self.theta, X)  # [k, C, p]
-        loss_of_out = lambda o, t: self.loss_fn(o.reshape(self.output_shape), t)  # noqa: E731
-        A = vmap(hessian(loss_of_out))(self.outputs(X).reshape(len(X), -1), y)  # [k, C, C]
+        A = self._output_derivatives(self.outputs(X), y, second=True)[1]  # [k, C, C]
         evals, evecs = torch.linalg.eigh(0.5 * (A + A.transpose(1, 2)))
         root = evecs * evals.clamp_min(0).sqrt()[:, None, :]  # A = root rootᵀ
         return (J.transpose(1, 2) @ root).detach()
