@@ -49,6 +49,10 @@ def test_kept_gradient_graph_gives_the_autograd_hessian_whether_kept_or_rebuilt(
         torch.testing.assert_close(rebuilt(V), V @ H.T)
     assert not rebuilt._graphs
     torch.testing.assert_close(obj.curvature_operator("ggn")(V), obj.ggn_vp(V))
+    rows = slice(10, 25)  # a mini-batch product (LiSSA's step): the mean Hessian of those rows, no decay
+    H_batch = torch.autograd.functional.hessian(lambda th: obj._batch_losses(th, obj.X[rows], obj.y[rows]).mean(),
+                                                obj.theta)
+    torch.testing.assert_close(obj.batch_hvp(V, obj.X[rows], obj.y[rows]), V @ H_batch.T)
 
 
 def test_kept_gradient_graph_of_a_loss_linear_in_theta_gives_the_decay_only():

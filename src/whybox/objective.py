@@ -480,10 +480,10 @@ class Objective:
         return LinearisedGradient(self)
 
     def batch_hvp(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(mean over the batch of ∇²L)·v for ``V [k, p]``: the mini-batch Hessian, no weight decay."""
-        mean_loss = lambda th: self._batch_losses(th, X, y).mean()  # noqa: E731
-        one = lambda v: jvp(grad(mean_loss), (self.theta,), (v,))[1]  # noqa: E731
-        return vmap(one)(V).detach()
+        """(mean over the batch of ∇²L)·v for ``V [k, p]``: the mini-batch Hessian, no weight decay
+        (the batch's gradient graph built once, then one backward pass of it per vector)."""
+        theta, g, _ = _gradient_graph(self, X, y)
+        return _graph_products(theta, g, V.reshape(-1, self.p)) / len(X)
 
     def ggn_vp(self, V: torch.Tensor) -> torch.Tensor:
         """G·v for a batch ``V [k, p]``: the Gauss-Newton matrix (module docstring), never formed."""
@@ -779,22 +779,6 @@ class LinearisedGradient:
         self._keep = True
         self.saved_bytes = 0  # what the kept (or last built) graphs hold
 
-    def _build(self, s: slice) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        obj = self.objective
-        theta = obj.theta.detach().requires_grad_(True)
-        size = [0]
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            size[0] += t.numel() * t.element_size()
-            return t
-
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            total = obj._batch_losses(theta, obj.X[s], obj.y[s]).sum()
-            g = torch.autograd.grad(total, theta, create_graph=True)[0] if total.requires_grad else None
-        if g is not None and not g.requires_grad:
-            g = None  # the loss is linear in θ on this chunk: no curvature from it
-        return theta, g, size[0]
-
     def _chunk_graphs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         if self._graphs:
             yield from self._graphs
@@ -802,7 +786,7 @@ class LinearisedGradient:
         obj = self.objective
         kept, used = [], 0
         for s in obj.chunks(obj.n):
-            theta, g, size = self._build(s)
+            theta, g, size = _gradient_graph(obj, obj.X[s], obj.y[s])
             used += size
             self._keep = self._keep and used <= obj.cache_bytes
             if self._keep:
@@ -816,10 +800,33 @@ class LinearisedGradient:
         V = V.reshape(-1, obj.p)
         out = torch.zeros_like(V)
         for theta, g in self._chunk_graphs():
-            if g is None:
-                continue
-            for j, v in enumerate(V):
-                (hv,) = torch.autograd.grad(g, theta, v, retain_graph=True, allow_unused=True)
-                if hv is not None:
-                    out[j] += hv
+            out += _graph_products(theta, g, V)
         return out / obj.n + obj.decay * V
+
+
+def _gradient_graph(obj: Objective, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """(θ as a leaf, g = Σᵢ∇L(zᵢ, θ) over the rows with its graph, bytes the graph saves); g is None
+    when the loss is linear in θ on these rows (no curvature)."""
+    theta = obj.theta.detach().requires_grad_(True)
+    size = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        size[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        total = obj._batch_losses(theta, X, y).sum()
+        g = torch.autograd.grad(total, theta, create_graph=True)[0] if total.requires_grad else None
+    return theta, (g if g is not None and g.requires_grad else None), size[0]
+
+
+def _graph_products(theta: torch.Tensor, g: torch.Tensor | None, V: torch.Tensor) -> torch.Tensor:
+    """∂(g·v)/∂θ for every row v of ``V [k, p]``: one backward pass through g's graph each."""
+    out = torch.zeros_like(V)
+    if g is None:
+        return out
+    for j, v in enumerate(V):
+        (hv,) = torch.autograd.grad(g, theta, v, retain_graph=True, allow_unused=True)
+        if hv is not None:
+            out[j] = hv
+    return out
