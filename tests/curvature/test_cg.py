@@ -120,3 +120,12 @@ def test_lanczos_stops_once_the_top_is_proven_above_a_bound():
     assert early.steps == 1 and not early.converged and early.largest <= 100.0
     full = lanczos(matvec, 50, like, ends="largest", rtol=1e-8)
     assert full.largest == pytest.approx(100.0, rel=1e-6)
+
+
+def test_a_fitted_cg_pickles_and_solves_the_same(mlp_problem):
+    import pickle
+
+    obj, A, V = mlp_problem
+    solver = CG(damping=DAMPING).fit(obj)
+    X = solver.solve(V)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(solver)).solve(V), X)

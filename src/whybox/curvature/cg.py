@@ -13,8 +13,6 @@ Preconditioning (``preconditioner=``) changes only the path: the answer solves t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from whybox.curvature.base import Curvature, NotPositiveDefiniteError, alternative_solver, not_pd_message
@@ -55,7 +53,7 @@ class CG(Curvature):
     def __init__(self, damping: float = 0.0, rtol: float = 1e-10, max_iter: int | None = None,
                  residual_tolerance: float | None = None, strict: bool = False, curvature: str = "hessian",
                  preconditioner: str | torch.Tensor | Curvature | None = "gradients",
-                 preconditioner_rank: int = 256) -> None:
+                 preconditioner_rank: int = 128) -> None:
         if not 0 < rtol < 1:
             raise ValueError(f"rtol must be in (0, 1), got {rtol}")
         if torch.is_tensor(preconditioner):
@@ -74,34 +72,46 @@ class CG(Curvature):
         self.max_iter = max_iter
         self.preconditioner = preconditioner
         self.preconditioner_rank = int(preconditioner_rank)
-        self._precondition: Callable[[torch.Tensor], torch.Tensor] = lambda R: R
+        self._pre: tuple = ("none",)  # what _precondition applies: plain data, so a fitted CG pickles
 
     def fit(self, objective: Objective) -> CG:
         super().fit(objective)
-        self._precondition = self._build_preconditioner(objective)
+        self._pre = self._build_preconditioner(objective)
         self._judge_damping()  # judge the damping against the top of H's spectrum (usually one HVP)
         return self
 
     # ------------------------------------------------------------------ preconditioners
-    def _build_preconditioner(self, obj: Objective) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _build_preconditioner(self, obj: Objective) -> tuple:
         M = self.preconditioner
         if M is None:
             self.diagnostics["preconditioner"] = "none"
-            return lambda R: R
+            return ("none",)
         if isinstance(M, Curvature):
             if M.objective is not obj:
                 M.fit(obj)
             self.diagnostics["preconditioner"] = repr(M)
-            return M._solve  # its approximate inverse, without its own residual check
+            return ("curvature", M)
         if torch.is_tensor(M):
             if M.shape[0] != obj.p:
                 raise ValueError(f"preconditioner is {M.shape[0]}x{M.shape[0]} but p = {obj.p}")
-            L = M.to(device=obj.device, dtype=obj.dtype)
             self.diagnostics["preconditioner"] = "Cholesky factor"
-            return lambda R: torch.cholesky_solve(R.T, L).T
+            return ("cholesky", M.to(device=obj.device, dtype=obj.dtype))
         return self._gradient_preconditioner(obj)
 
-    def _gradient_preconditioner(self, obj: Objective) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _precondition(self, R: torch.Tensor) -> torch.Tensor:
+        """M⁻¹R for rows ``R [k, p]``."""
+        kind, *data = self._pre
+        if kind == "curvature":
+            return data[0]._solve(R)  # its approximate inverse, without its own residual check
+        if kind == "cholesky":
+            return torch.cholesky_solve(R.T, data[0]).T
+        if kind == "woodbury":
+            U, D, L = data
+            Y = R / D
+            return Y - torch.cholesky_solve(U @ Y.T, L).T @ U / D
+        return R
+
+    def _gradient_preconditioner(self, obj: Objective) -> tuple:
         """M⁻¹ for M = D + UᵀU, D = decay + damping, U = ``m`` training gradients /√n (Woodbury:
         M⁻¹r = D⁻¹r − D⁻¹Uᵀ(I + UD⁻¹Uᵀ)⁻¹UD⁻¹r, an m×m Cholesky factor)."""
         m = min(obj.n, self.preconditioner_rank)
@@ -121,12 +131,7 @@ class CG(Curvature):
         K.diagonal().add_(1.0)
         L = torch.linalg.cholesky(0.5 * (K + K.T))
         self.diagnostics["preconditioner"] = f"gradients: diag(decay + damping) + empirical Fisher of the {how}"
-
-        def apply(R: torch.Tensor) -> torch.Tensor:
-            Y = R / D
-            return Y - torch.cholesky_solve(U @ Y.T, L).T @ U / D
-
-        return apply
+        return ("woodbury", U, D, L)
 
     # ------------------------------------------------------------------ the solve
     def _solve(self, B: torch.Tensor) -> torch.Tensor:
