@@ -210,7 +210,8 @@ class Objective:
     # ------------------------------------------------------------------ set-up and validation
     @staticmethod
     def _check_mode(model: nn.Module) -> None:
-        active = [n for n, m in model.named_modules() if m.training and isinstance(m, _TRAIN_MODE_LAYERS)]
+        active = [n for n, m in model.named_modules() if m.training and isinstance(m, _TRAIN_MODE_LAYERS)
+                  and not (isinstance(m, nn.modules.dropout._DropoutNd) and m.p == 0)]  # Dropout(0) is the identity
         if active:
             raise ValueError(
                 f"model is in training mode with dropout/batch-norm layers ({', '.join(active[:3])}): "

@@ -1,4 +1,5 @@
-"""Full-batch L-BFGS to a verified optimum, and warm-started retraining for ground truth."""
+"""Full-batch L-BFGS to a verified optimum, warm-started retraining for ground truth, and a few epochs
+of Adam for networks explained with Gauss-Newton curvature."""
 
 from __future__ import annotations
 
@@ -99,6 +100,46 @@ def train(
             stacklevel=2,
         )
     return objective.with_theta(result.theta), result
+
+
+def train_adam(
+    model: nn.Module,
+    X,
+    y,
+    loss: str | LossFn = "cross_entropy",
+    epochs: int = 3,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> list[float]:
+    """A few epochs of mini-batch Adam (L2 ``weight_decay`` added to the gradient, PyTorch's
+    convention, as in ``Objective``), in place; the model is left in eval mode. Not a minimum:
+    explain it with Gauss-Newton curvature (``whybox.KFAC``, ``curvature="ggn"``).
+
+    Returns the mean training loss of each epoch. Shuffling is seeded by ``seed``.
+    """
+    from torch.func import vmap
+
+    from whybox.losses import resolve
+
+    loss_fn, _ = resolve(loss)
+    X, y = torch.as_tensor(X), torch.as_tensor(y)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.train()
+    history = []
+    for _ in range(epochs):
+        total = 0.0
+        for rows in torch.randperm(len(X), generator=gen).split(batch_size):
+            opt.zero_grad()
+            value = vmap(loss_fn)(model(X[rows]), y[rows]).mean()
+            value.backward()
+            opt.step()
+            total += value.item() * len(rows)
+        history.append(total / len(X))
+    model.eval()
+    return history
 
 
 def train_logistic(X, y, weight_decay: float, tol: float = 1e-8) -> tuple[Objective, TrainResult]:
