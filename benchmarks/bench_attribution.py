@@ -34,7 +34,7 @@ from whybox.utils import machine_info, markdown_table
 
 # influence with each inverse-HVP solver (exact = the default below 5,000 parameters), then every other method
 ALL_METHODS = ["influence:exact", "influence:cg", "influence:lissa", "influence:arnoldi",
-               *(m for m in sorted(METHODS) if m != "influence"), "tracin"]
+               *(m for m in sorted(METHODS) if m != "influence")]
 SCALE_METHODS = ["influence:kfac", "influence:ekfac", "projected", "tracin", "gradient_dot", "gradient_cosine",
                  "representer", "euclidean"]
 
@@ -129,7 +129,7 @@ def scale_lds(a: argparse.Namespace) -> None:
             warnings.simplefilter("always")
             try:
                 t0 = time.perf_counter()
-                if method == "tracin":
+                if method == "tracin":  # the run's own checkpoints, with Adam's learning rate
                     att = whybox.TracIn(obj, record.checkpoints, record.learning_rates).fit()
                 else:
                     att = _make(obj, method, a.scale_damping)

@@ -87,7 +87,10 @@ def flat_theta(objective: Objective, checkpoint: Checkpoint, what: str = "checkp
     """θ as a flat vector in ``objective``'s parameter order, from a flat tensor or a state dict
     (``what`` names it in errors)."""
     if isinstance(checkpoint, Mapping):
-        missing = [n for n in objective.param_names if n not in checkpoint]
+        def key(name: str) -> str:  # a TorchScript model's parameters ("0__weight") by their dotted names too
+            return name if name in checkpoint or name.replace("__", ".") not in checkpoint else name.replace("__", ".")
+
+        missing = [n for n in objective.param_names if key(n) not in checkpoint]
         if missing:
             raise ValueError(
                 f"{what} lacks parameters {missing[:3]}{'...' if len(missing) > 3 else ''}; "
@@ -95,7 +98,7 @@ def flat_theta(objective: Objective, checkpoint: Checkpoint, what: str = "checkp
             )
         parts = []
         for name, shape in zip(objective.param_names, objective.shapes):
-            t = torch.as_tensor(checkpoint[name])
+            t = torch.as_tensor(checkpoint[key(name)])
             if t.shape != shape:
                 raise ValueError(f"{what}: parameter {name} has shape {tuple(t.shape)}, the model {tuple(shape)}")
             parts.append(t.reshape(-1))
