@@ -15,7 +15,8 @@ initialisation seed, same minibatch generator, Adam, 3 epochs) on the kept half,
 losses of the retrained models are cached (``subset_ground_truth(train=..., recipe=...)``). The
 test points are the task's held-out points. Methods: influence with K-FAC / EK-FAC, projected
 influence, TracIn over the run's per-epoch checkpoints (η = Adam's lr), gradient dot/cosine,
-representer points, Euclidean nearest neighbours. Writes benchmarks/results/attribution_scale.*.
+representer points, Euclidean nearest neighbours. Writes benchmarks/results/attribution_scale.* and
+copies that table to the end of attribution.md (each mode keeps the other's table there).
 """
 
 from __future__ import annotations
@@ -84,6 +85,17 @@ def main() -> None:
     out.with_suffix(".md").write_text(f"{header}\n\nsettings: {asdict(settings)}\n\n{table}\n", encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps({"machine": header, "settings": asdict(settings), "rows": rows},
                                                    indent=1, default=str), encoding="utf-8")
+    attach_scale(out.with_suffix(".md"), Path(f"{out}_scale.md"))
+
+
+SCALE_SECTION = "\n## Scale task (LDS only)\n\n"
+
+
+def attach_scale(main_md: Path, scale_md: Path) -> None:
+    """Carry the scale table (written by --scale) at the end of the main table's file, replacing an older copy."""
+    if main_md.exists() and scale_md.exists():
+        text = main_md.read_text(encoding="utf-8").split(SCALE_SECTION)[0].rstrip("\n") + "\n"
+        main_md.write_text(text + SCALE_SECTION + scale_md.read_text(encoding="utf-8"), encoding="utf-8")
 
 
 def scale_lds(a: argparse.Namespace) -> None:
@@ -176,6 +188,8 @@ def scale_lds(a: argparse.Namespace) -> None:
     out.with_suffix(".md").write_text(f"`{command}`\n\n{header}\n\n{about}\n\n{table}\n", encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps({"machine": header, "about": about, "rows": rows}, indent=1,
                                                    default=str), encoding="utf-8")
+    if out.name.endswith("_scale"):
+        attach_scale(out.with_name(out.name[: -len("_scale")]).with_suffix(".md"), out.with_suffix(".md"))
 
 
 if __name__ == "__main__":
