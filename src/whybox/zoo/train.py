@@ -55,16 +55,18 @@ def fit(
         value.backward()
         return value
 
-    grad_norm = float("inf")
+    grad_norm, risk = float("inf"), objective.risk(theta, weights).item()
     for block in range(max(1, -(-max_iter // 100))):  # each step runs up to 100 L-BFGS iterations
         opt.param_groups[0]["max_iter"] = min(100, max_iter - 100 * block)  # max_iter in all, not whole blocks
         if checkpoints is not None:
             checkpoints.append(theta.detach().clone())
         opt.step(closure)
-        g = torch.autograd.grad(objective.risk(theta, weights), theta)[0]
-        new_norm = g.norm().item()
-        stalled = new_norm >= 0.999 * grad_norm  # L-BFGS can go no further (float precision)
-        grad_norm = min(new_norm, grad_norm)
+        value = objective.risk(theta, weights)
+        new_norm = torch.autograd.grad(value, theta)[0].norm().item()
+        # L-BFGS can go no further (float precision): neither the gradient nor the risk improves. On a
+        # non-convex risk the gradient norm may grow while the risk still falls: that is progress.
+        stalled = new_norm >= 0.999 * grad_norm and risk - value.item() <= 1e-12 * max(1.0, abs(risk))
+        grad_norm, risk = new_norm, value.item()  # of the θ returned, never of an earlier one
         if grad_norm <= tol or stalled:
             break
     with torch.no_grad():
