@@ -29,6 +29,7 @@ from whybox.curvature import (
                                 EKFAC,
                                 KFAC,
                                 Arnoldi,
+                                DataInf,
                                 Curvature,
                                 Exact,
                                 Identity,
@@ -48,7 +49,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Objective", "Attributor", "SIGN_CONVENTION", "InfluenceFunction", "KFACInfluence", "ProjectedInfluence", "Curvature", "Exact", "CG",
-    "LiSSA", "Identity", "KFAC", "EKFAC", "Arnoldi", "make_solver", "SmoothHinge", "NotPositiveDefiniteError", "LiSSADivergenceError", "InaccurateSolveError", "adapters", "score_to_store",
+    "LiSSA", "Identity", "KFAC", "EKFAC", "Arnoldi", "DataInf", "make_solver", "SmoothHinge", "NotPositiveDefiniteError", "LiSSADivergenceError", "InaccurateSolveError", "adapters", "score_to_store",
     "load_study", "Study", "DataSettings", "ModelSettings", "MethodSettings", "__version__",
     "GradientSimilarity", "EuclideanSimilarity", "TracIn", "CheckpointRecorder", "Representer", "FastIF", "GroupInfluence",
 ]

@@ -64,7 +64,7 @@ class MethodSettings(Settings):
     """How training points are scored."""
 
     method: str = setting("Attributor: influence, projected, fastif, gradient_dot, gradient_cosine, euclidean, representer, tracin, or FILE.py:CLASS for your own whybox.Attributor subclass.", "influence")
-    solver: str = setting("Inverse-HVP solver of influence: auto (exact up to 5,000 parameters, else cg), exact, cg, lissa, identity, kfac, ekfac, arnoldi (top-100 eigenpairs).", "auto")
+    solver: str = setting("Inverse-HVP solver of influence: auto (exact up to 5,000 parameters, else cg), exact, cg, lissa, identity, kfac, ekfac, arnoldi (top-100 eigenpairs), datainf (layer-wise closed form, Kwon et al. 2023).", "auto")
     damping: float = setting("Added to the Hessian's diagonal (needed for non-convex or non-converged models).", 0.0)
     curvature: str = setting("What the solver inverts: hessian (the paper's H) or ggn (Gauss-Newton: positive semi-definite at any θ, for networks not at a minimum; = H for linear models). kfac/ekfac are always Gauss-Newton.", "hessian")
     projection_dim: int = setting("Method projected: each factored layer's gradient is projected to projection_dim × projection_dim (inputs × outputs).", 32)
