@@ -34,7 +34,7 @@ from whybox.study import METHODS
 from whybox.utils import machine_info, markdown_table
 
 # influence with each inverse-HVP solver (exact = the default below 5,000 parameters), then every other method
-ALL_METHODS = ["influence:exact", "influence:cg", "influence:lissa", "influence:arnoldi",
+ALL_METHODS = ["influence:exact", "influence:cg", "influence:lissa", "influence:arnoldi", "influence:datainf",
                *(m for m in sorted(METHODS) if m != "influence")]
 SCALE_METHODS = ["influence:kfac", "influence:ekfac", "projected", "tracin", "gradient_dot", "gradient_cosine",
                  "representer", "euclidean"]
