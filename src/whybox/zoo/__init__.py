@@ -5,11 +5,21 @@ from whybox.zoo.data import DATASETS, MissingExtra, Split, flip_labels, load
 from whybox.zoo.models import cnn, linear_svm, logistic_regression, mlp, mnist_cnn
 from whybox.zoo.populations import Readmission, ReadmissionConfig, make_readmission, make_spam_corpus
 from whybox.zoo.setups import frozen_network, pixel_logistic, pretrained_extractor, rbf_svm
-from whybox.zoo.train import FrozenPrefix, TrainResult, fit, retrain, retrain_baseline, svm_theta, train, train_logistic
+from whybox.zoo.train import (
+    FrozenPrefix,
+    NewtonRetrain,
+    TrainResult,
+    fit,
+    retrain,
+    retrain_baseline,
+    svm_theta,
+    train,
+    train_logistic,
+)
 
 __all__ = [
     "DATASETS", "MissingExtra", "Split", "load", "flip_labels", "logistic_regression", "linear_svm", "mlp", "cnn", "mnist_cnn",
     "Readmission", "ReadmissionConfig", "make_readmission", "make_spam_corpus",
     "pretrained_extractor", "frozen_network", "pixel_logistic", "rbf_svm",
-    "TrainResult", "FrozenPrefix", "fit", "train", "train_logistic", "retrain", "retrain_baseline", "svm_theta",
+    "TrainResult", "FrozenPrefix", "NewtonRetrain", "fit", "train", "train_logistic", "retrain", "retrain_baseline", "svm_theta",
 ]
