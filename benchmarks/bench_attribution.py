@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--scale-tests", type=int, default=50, help="--scale: held-out test points")
     ap.add_argument("--scale-subsets", type=int, default=100, help="--scale: random subsets (each keeps --lds-alpha)")
     ap.add_argument("--scale-damping", type=float, default=1e-3, help="--scale: damping of the influence methods")
+    ap.add_argument("--scale-projection-dims", type=int, nargs="*", default=[32, 64],
+                    help="--scale: method projected runs once per d (d × d per layer)")
     a = ap.parse_args()
     a.methods = a.methods or (SCALE_METHODS if a.scale else ALL_METHODS)
     if check_methods(a.methods):
@@ -110,6 +112,7 @@ def scale_lds(a: argparse.Namespace) -> None:
     from whybox.attribution import CheckpointRecorder
     from whybox.evaluation import lds_from_scores, random_subsets, subset_ground_truth
     from whybox.evaluation.benchmark import _make, _short
+    from whybox.study import MethodSettings, make_attributor
 
     n, m, seed = a.scale_n, a.scale_tests, a.seed
     subsets = 8 if a.quick else a.scale_subsets
@@ -144,7 +147,8 @@ def scale_lds(a: argparse.Namespace) -> None:
                                 recipe=f"bench_kfac.train_mlp(seed={seed + 1}, order seed {seed + 1000}) n={n} m={m}")
     seed_agreement = float(np.mean([spearmanr(actual[:, t], other[:, t])[0] for t in range(m)]))
     rows = []
-    for method in a.methods:
+    methods = [x for m in a.methods for x in ([f"projected:{d}" for d in a.scale_projection_dims] if m == "projected" else [m])]
+    for method in methods:
         row = {"method": method}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -152,6 +156,10 @@ def scale_lds(a: argparse.Namespace) -> None:
                 t0 = time.perf_counter()
                 if method == "tracin":  # the run's own checkpoints, with Adam's learning rate
                     att = whybox.TracIn(obj, record.checkpoints, record.learning_rates).fit()
+                elif method.startswith("projected:"):  # d × d per layer
+                    settings = MethodSettings(method="projected", projection_dim=int(method.split(":")[1]),
+                                              damping=a.scale_damping)
+                    att = make_attributor(obj, settings)
                 else:
                     att = _make(obj, method, a.scale_damping)
                 fit_s = time.perf_counter() - t0
