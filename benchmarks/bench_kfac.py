@@ -94,21 +94,38 @@ def build(task: dict) -> tuple[nn.Module, dict]:
     return model, kw
 
 
-def make_mlp_task(n: int, n_test: int, seed: int = 0) -> dict:
-    """Gaussian-mixture data and a ReLU MLP trained on it for 3 epochs (float32)."""
+def make_data(n: int, n_test: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    """``n + n_test`` rows of a 10-class Gaussian mixture in 256 dimensions, and the generator in the
+    state training continues from (its minibatch order)."""
     gen = torch.Generator().manual_seed(seed)
     means = 0.15 * torch.randn(N_CLASSES, N_FEATURES, generator=gen)
     y = torch.randint(0, N_CLASSES, (n + n_test,), generator=gen)
     X = means[y] + torch.randn(n + n_test, N_FEATURES, generator=gen)
+    return X, y, gen
+
+
+def train_mlp(X: torch.Tensor, y: torch.Tensor, gen: torch.Generator, seed: int = 0, record=None) -> nn.Module:
+    """The ReLU MLP trained on (X, y) for 3 epochs of Adam (lr 1e-3, L2 1e-3, batches of 256), its
+    initialisation seeded by ``seed`` and its minibatch order drawn from ``gen``; ``record``
+    (a ``whybox.CheckpointRecorder``) receives the parameters after every epoch."""
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(N_FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, N_CLASSES))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-3)
     for _ in range(3):
-        for i in torch.randperm(n, generator=gen).split(256):
+        for i in torch.randperm(len(X), generator=gen).split(256):
             opt.zero_grad()
             nn.functional.cross_entropy(model(X[i]), y[i]).backward()
             opt.step()
+        if record is not None:
+            record.record(model, lr=opt.param_groups[0]["lr"])
     model.eval()
+    return model
+
+
+def make_mlp_task(n: int, n_test: int, seed: int = 0, record=None) -> dict:
+    """Gaussian-mixture data and a ReLU MLP trained on its first n rows for 3 epochs (float32)."""
+    X, y, gen = make_data(n, n_test, seed)
+    model = train_mlp(X[:n], y[:n], gen, seed, record)
     with torch.no_grad():
         acc = (model(X[n:]).argmax(1) == y[n:]).float().mean().item()
     return {"task": "mlp", "state": model.state_dict(), "X": X, "y": y, "n": n, "test_accuracy": acc}

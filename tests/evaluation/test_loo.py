@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import whybox
@@ -95,3 +96,40 @@ def test_influence_predicts_leave_one_out_on_mnist_logistic_regression():
     actual = loo_ground_truth(obj, x, t, top, tol=1e-8, progress=False)[0]
     pearson, _ = correlations(inf.scores(x, t, top)[0], actual)
     assert pearson > 0.9
+
+
+def test_newton_retraining_reaches_the_lbfgs_minimum(iris_mlp):
+    """Chord-Newton leave-one-out (H frozen at θ̂) lands on the minimum L-BFGS finds, to a tighter
+    tolerance and in a few gradient evaluations; the ground truth built on it is the same."""
+    from whybox import zoo
+
+    d, obj = iris_mlp
+    newton = zoo.NewtonRetrain(obj)
+    for i in (0, 17, 50):
+        fast = newton([i], tol=1e-11)
+        slow = zoo.retrain(obj, [i], tol=1e-10)
+        assert fast.grad_norm <= 1e-11 and fast.iterations < 30
+        w = torch.ones(obj.n, dtype=obj.dtype)
+        w[i] = 0
+        th = fast.theta.clone().requires_grad_(True)
+        assert torch.autograd.grad(obj.risk(th, w), th)[0].norm() <= 1e-11  # the stated gradient is true
+        assert torch.allclose(fast.theta, slow.theta, atol=1e-7), (fast.theta - slow.theta).abs().max()
+    X, y = d.X_test[:3], d.y_test[:3]
+    torch.testing.assert_close(loo_ground_truth(obj, X, y, [3, 9], newton=newton, progress=False),
+                               loo_ground_truth(obj, X, y, [3, 9], progress=False), rtol=1e-5, atol=1e-9)
+    half = newton(list(range(0, obj.n, 2)), tol=1e-9)  # far from θ̂: finishes with L-BFGS if it must
+    assert half.grad_norm <= 1e-9
+
+
+def test_newton_retraining_refuses_a_point_that_is_not_a_minimum(iris_mlp):
+    from whybox import zoo
+
+    d, obj = iris_mlp
+    start = zoo.mlp(d.n_features, d.n_classes, hidden=(8,), seed=3)
+    unfit = whybox.Objective(start, "cross_entropy", d.X_train, d.y_train)  # no decay, at initialisation
+    H = unfit.hessian()
+    assert torch.linalg.eigvalsh(H)[0] < 0  # a saddle region, as at most initialisations
+    with pytest.raises(ValueError, match="not positive definite"):
+        zoo.NewtonRetrain(unfit, hessian=H)
+    with pytest.raises(ValueError, match="same objective"):
+        loo_ground_truth(unfit, d.X_test[:1], d.y_test[:1], [0], newton=zoo.NewtonRetrain(obj), progress=False)

@@ -10,6 +10,7 @@
 from whybox.curvature.arnoldi import Arnoldi
 from whybox.curvature.base import Curvature, InaccurateSolveError, NotPositiveDefiniteError
 from whybox.curvature.cg import CG
+from whybox.curvature.datainf import DataInf
 from whybox.curvature.ekfac import EKFAC
 from whybox.curvature.exact import Exact
 from whybox.curvature.identity import Identity
@@ -20,4 +21,4 @@ from whybox.curvature.registry import SOLVERS, default_solver_name, make_solver
 __all__ = ["Curvature", "Exact", "CG", "LiSSA", "Identity", "NotPositiveDefiniteError", "LiSSADivergenceError",
            "InaccurateSolveError",
            "SOLVERS", "default_solver_name", "make_solver"]
-__all__ += ["KFAC", "EKFAC", "Arnoldi", "factorable_params"]
+__all__ += ["KFAC", "EKFAC", "Arnoldi", "DataInf", "factorable_params"]

@@ -19,7 +19,7 @@ from whybox.attribution import Attributor
 from whybox.evaluation.metrics import correlations
 from whybox.influence import InfluenceFunction
 from whybox.objective import Objective
-from whybox.zoo.train import fit, retrain, retrain_baseline
+from whybox.zoo.train import NewtonRetrain, fit, retrain, retrain_baseline
 
 
 def loo_ground_truth(
@@ -31,6 +31,7 @@ def loo_ground_truth(
     progress: bool = True,
     baseline: bool | None = None,
     max_iter: int = 5000,
+    newton: NewtonRetrain | None = None,
 ) -> torch.Tensor:
     """Actual test-loss change after removing each training point and retraining, ``[m, k]``.
 
@@ -43,14 +44,25 @@ def loo_ground_truth(
     that retrain moves θ, so the drift of the optimiser is not counted as the point's effect.
     ``max_iter``: the L-BFGS budget of every retraining (baseline included), for models that do not
     reach ``tol`` (a network without weight decay).
+    ``newton``: retrain by Newton steps with H frozen at θ̂ instead (``zoo.NewtonRetrain(objective)``,
+    built once and reused): for a network at a minimum, seconds per point where L-BFGS takes a minute
+    and stalls short of ``tol`` (``benchmarks/bench_cnn_loo.py``).
     """
     X, y = objective.check_data(X_test, y_test, "test")
+    if newton is not None and newton.objective is not objective:
+        raise ValueError("newton must be zoo.NewtonRetrain(objective) of this same objective")
+
+    def again(remove: list[int]) -> torch.Tensor:
+        if newton is not None:
+            return newton(remove, tol=tol, max_iter=max_iter).theta
+        return retrain(objective, remove=remove, tol=tol, max_iter=max_iter).theta
+
     if baseline is None:
         baseline = objective.stationarity().grad_norm > tol
-    base = objective.losses(X, y, theta=retrain_baseline(objective, tol=tol, max_iter=max_iter).theta if baseline else None)
+    base = objective.losses(X, y, theta=again([]) if baseline else None)
     cols = []
     for i in tqdm(list(train_idx), desc="leave-one-out retraining", disable=not progress, leave=False):
-        theta = retrain(objective, remove=[int(i)], tol=tol, max_iter=max_iter).theta
+        theta = again([int(i)])
         cols.append(objective.losses(X, y, theta=theta) - base)
     return torch.stack(cols, dim=1)
 

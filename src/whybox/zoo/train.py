@@ -56,16 +56,18 @@ def fit(
         value.backward()
         return value
 
-    grad_norm = float("inf")
+    grad_norm, risk = float("inf"), objective.risk(theta, weights).item()
     for block in range(max(1, -(-max_iter // 100))):  # each step runs up to 100 L-BFGS iterations
         opt.param_groups[0]["max_iter"] = min(100, max_iter - 100 * block)  # max_iter in all, not whole blocks
         if checkpoints is not None:
             checkpoints.append(theta.detach().clone())
         opt.step(closure)
-        g = torch.autograd.grad(objective.risk(theta, weights), theta)[0]
-        new_norm = g.norm().item()
-        stalled = new_norm >= 0.999 * grad_norm  # L-BFGS can go no further (float precision)
-        grad_norm = min(new_norm, grad_norm)
+        value = objective.risk(theta, weights)
+        new_norm = torch.autograd.grad(value, theta)[0].norm().item()
+        # L-BFGS can go no further (float precision): neither the gradient nor the risk improves. On a
+        # non-convex risk the gradient norm may grow while the risk still falls: that is progress.
+        stalled = new_norm >= 0.999 * grad_norm and risk - value.item() <= 1e-12 * max(1.0, abs(risk))
+        grad_norm, risk = new_norm, value.item()  # of the θ returned, never of an earlier one
         if grad_norm <= tol or stalled:
             break
     with torch.no_grad():
@@ -193,6 +195,52 @@ def retrain_baseline(objective: Objective, tol: float = 1e-10, max_iter: int = 5
     no step and the baseline is θ̂ itself.
     """
     return retrain(objective, (), tol=tol, max_iter=max_iter)
+
+
+class NewtonRetrain:
+    """Retraining from θ̂ without some rows by Newton steps with the Hessian frozen at θ̂ (the chord
+    method): θ ← θ − H(θ̂)⁻¹ ∇R₋(θ), the standard warm start for leave-one-out ground truth.
+
+    Removing one point moves the minimum by O(1/n), where H(θ̂) is still an excellent model of the
+    curvature: each step costs one full-batch gradient, the convergence is linear with a small rate,
+    and it reaches tolerances (1e-10) that L-BFGS cannot (it stalls near 1e-7 on the digits CNN).
+    The first step from a stationary θ̂ is exactly the influence-function estimate; the answer is
+    the retrained minimum, checked by ‖∇R₋(θ)‖ ≤ ``tol``. When the steps stop shrinking the gradient
+    (a removal too large for H(θ̂)), it finishes with L-BFGS (``fit``) from where it got.
+
+    Args:
+        objective: at a minimum θ̂ (H positive definite; ``ValueError`` otherwise).
+        hessian: H at θ̂ if already formed (``objective.hessian()`` by default: p HVPs, small p only).
+    """
+
+    def __init__(self, objective: Objective, hessian: torch.Tensor | None = None) -> None:
+        H = objective.hessian() if hessian is None else torch.as_tensor(hessian, dtype=objective.dtype)
+        if H.shape != (objective.p, objective.p):
+            raise ValueError(f"hessian must have shape ({objective.p}, {objective.p}), got {tuple(H.shape)}")
+        chol, info = torch.linalg.cholesky_ex(H)
+        if int(info) != 0:
+            raise ValueError("the Hessian at θ̂ is not positive definite, so θ̂ is not a minimum and Newton steps "
+                             "do not retrain it: train to a minimum first, or use zoo.retrain (L-BFGS)")
+        self.objective, self._chol = objective, chol
+
+    def __call__(self, remove: Sequence[int] = (), tol: float = 1e-10, max_steps: int = 100,
+                 max_iter: int = 5000) -> TrainResult:
+        """θ retrained without the ``remove`` rows (weights 0, normaliser n kept, as ``retrain``)."""
+        obj = self.objective
+        weights = torch.ones(obj.n, dtype=obj.dtype, device=obj.device)
+        weights[list(remove)] = 0
+        theta, previous = obj.theta.detach().clone(), float("inf")
+        for step in range(max_steps + 1):
+            th = theta.clone().requires_grad_(True)
+            g = torch.autograd.grad(obj.risk(th, weights), th)[0]
+            norm = g.norm().item()
+            if norm <= tol:
+                return TrainResult(theta, norm, step, obj.risk(theta, weights).item())
+            if norm > 0.9 * previous or step == max_steps:  # not converging fast: let L-BFGS finish
+                done = fit(obj, theta0=theta, weights=weights, tol=tol, max_iter=max_iter)
+                return TrainResult(done.theta, done.grad_norm, step + done.iterations, done.risk)
+            theta, previous = theta - torch.cholesky_solve(g[:, None], self._chol)[:, 0], norm
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def svm_theta(X, y, weight_decay: float, remove: Sequence[int] = (), tol: float = 1e-10) -> torch.Tensor:
