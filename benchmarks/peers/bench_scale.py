@@ -210,7 +210,6 @@ def dattri_if(kind: str):
 def dattri_logra(model, X, y, Xt, yt, args, tmp):
     from dattri.algorithm.logra import LoGraAttributor
     from dattri.task import AttributionTask
-
     from torch.utils.data import default_collate
 
     def loss(m, batch, device):
@@ -397,7 +396,7 @@ def main() -> None:
                 out = Path(tmp) / f"{n}-{method.replace(' ', '_')}"
                 out.mkdir()
                 start = time.perf_counter()
-                ok = in_process(run_method, (path, method, args, str(out)), args.limit)
+                in_process(run_method, (path, method, args, str(out)), args.limit)
                 row = {"n": n, "method": method, "total s": math.nan, "epoch s": math.nan, "total / epoch": math.nan,
                        "peak RSS MiB": math.nan, "curvature": curvature, "reference": ref_name,
                        "r all (same curv.)": math.nan, "r min/test (same curv.)": math.nan,
