@@ -80,7 +80,7 @@ def make_cnn_task(n: int, n_test: int, seed: int = 0) -> dict:
     templates = nn.functional.interpolate(torch.randn(N_CLASSES, 3, 4, 4, generator=gen), size=16, mode="bilinear")
     y = torch.randint(0, N_CLASSES, (n + n_test,), generator=gen)
     scale = 0.5 + torch.rand(n + n_test, 1, 1, 1, generator=gen)
-    X = 0.5 * scale * templates[y] + torch.randn(n + n_test, 3, 16, 16, generator=gen)
+    X = 0.2 * scale * templates[y] + torch.randn(n + n_test, 3, 16, 16, generator=gen)
     torch.manual_seed(seed)
     model = cnn()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=WEIGHT_DECAY)
