@@ -39,6 +39,7 @@ import math
 import multiprocessing as mp
 import os
 import resource
+import shlex
 import sys
 import tempfile
 import time
@@ -437,7 +438,7 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        command = "bench_scale.py " + " ".join(sys.argv[1:])
+        command = "bench_scale.py " + shlex.join(sys.argv[1:])
         with out.open("a") as f:
             f.write(f"\n## `{command}` ({time.strftime('%Y-%m-%d %H:%M')}; load average at end {load_average()})\n\n"
                     + "\n\n".join(header) + "\n\n" + table + "\n" + ("\n" + "\n".join(lines) + "\n" if lines else ""))
