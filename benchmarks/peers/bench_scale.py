@@ -224,7 +224,9 @@ def dattri_logra(model, X, y, Xt, yt, args, tmp):
         return x[None], t
 
     task = AttributionTask(loss_func=loss, model=model, checkpoints=model.state_dict())
-    att = LoGraAttributor(task=task, proj_dim=args.proj_dim**2, offload="cpu")
+    # cache_dir: its batch metadata file (default: the working directory, reused by a later run with
+    # the same number of batches, which then returns scores of the wrong size)
+    att = LoGraAttributor(task=task, proj_dim=args.proj_dim**2, offload="cpu", cache_dir=tmp)
     train = DataLoader(TensorDataset(X, y), batch_size=args.batch, collate_fn=collate)
     att.cache(train)
     return att.attribute(train, DataLoader(TensorDataset(Xt, yt), batch_size=len(Xt))).T
@@ -289,7 +291,11 @@ def run_method(path: str, method: str, args: argparse.Namespace, tmp: str) -> No
         (Path(tmp) / "error.txt").write_text(f"{type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''}")
         raise
     total = time.perf_counter() - start
-    scores = torch.as_tensor(scores).detach().float().reshape(len(Xt), len(X))
+    scores = torch.as_tensor(scores).detach().float()
+    if scores.numel() != len(Xt) * len(X):
+        (Path(tmp) / "error.txt").write_text(f"returned scores of shape {tuple(scores.shape)}, not ({len(Xt)}, {len(X)})")
+        raise ValueError("wrong number of scores")
+    scores = scores.reshape(len(Xt), len(X))
     torch.save(scores, Path(tmp) / "scores.pt")
     (Path(tmp) / "row.json").write_text(json.dumps({"total s": total, "epoch s": epoch, "peak RSS MiB": rss_mib(),
                                                     "RSS before MiB": base}))
