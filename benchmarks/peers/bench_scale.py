@@ -6,7 +6,7 @@
     ... bench_scale.py --quick                                                  # n = 2,000, 20 test points
     ... bench_scale.py --methods "whybox KFAC" "Kronfluence EK-FAC" --limit 300
 
-Tasks (no downloads): ``mlp`` is ``benchmarks/bench_kfac.py``'s ``make_task`` (a ReLU MLP 256-512-10,
+Tasks (no downloads): ``mlp`` is ``benchmarks/bench_kfac.py``'s ``make_mlp_task`` (a ReLU MLP 256-512-10,
 136,714 parameters, on a 10-class Gaussian mixture, 3 epochs of Adam, float32); ``cnn`` is a small
 ReLU CNN (two 3×3 convolutions, max-pooling, two Linear layers; 105,514 parameters) on synthetic
 3×16×16 images (a smooth random template per class plus noise), trained the same way.
@@ -52,7 +52,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for bench_kfac
-from bench_kfac import HIDDEN, N_CLASSES, N_FEATURES, epoch_seconds, make_task  # noqa: E402
+from bench_kfac import HIDDEN, N_CLASSES, N_FEATURES, epoch_seconds, make_mlp_task  # noqa: E402
 
 WEIGHT_DECAY, DAMPING = 1e-3, 1e-3
 LAMBDA = WEIGHT_DECAY + DAMPING
@@ -76,7 +76,7 @@ MODELS = {"mlp": mlp, "cnn": cnn}
 
 def make_cnn_task(n: int, n_test: int, seed: int = 0) -> dict:
     """Synthetic 3×16×16 images: a smooth random template per class, scaled, plus pixel noise; the
-    CNN trained for 3 epochs of Adam (float32), as ``make_task`` trains the MLP."""
+    CNN trained for 3 epochs of Adam (float32), as ``make_mlp_task`` trains the MLP."""
     gen = torch.Generator().manual_seed(seed)
     templates = nn.functional.interpolate(torch.randn(N_CLASSES, 3, 4, 4, generator=gen), size=16, mode="bilinear")
     y = torch.randint(0, N_CLASSES, (n + n_test,), generator=gen)
@@ -383,7 +383,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.n:
-            task = (make_task if args.task == "mlp" else make_cnn_task)(n, args.tests)
+            task = (make_mlp_task if args.task == "mlp" else make_cnn_task)(n, args.tests)
             task["model"] = args.task
             print(f"n = {n:,}: trained, test accuracy {task['test_accuracy']:.3f}", flush=True)
             path = str(Path(tmp) / f"task{n}.pt")

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import DAMPING, LAMBDA, WEIGHT_DECAY, _dattri_task, make_task, mlp  # noqa: E402
+from bench_scale import DAMPING, LAMBDA, WEIGHT_DECAY, _dattri_task, make_mlp_task, mlp  # noqa: E402
 
 
 def transform_bias_last(self, ckpt_idx: int, test_rep: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    task = make_task(args.n, args.tests)
+    task = make_mlp_task(args.n, args.tests)
     model = mlp()
     model.load_state_dict(task["state"])
     model.eval()
