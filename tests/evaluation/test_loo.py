@@ -19,6 +19,21 @@ def test_retrain_reaches_a_minimum_without_the_point(binary_lr):
     assert (result.theta - obj.theta).norm() > 0
 
 
+def test_newton_warm_start_reaches_the_same_minimum_in_few_steps(binary_lr):
+    """retrain(newton=chol(H(θ̂))) lands on the L-BFGS minimum, with Newton steps alone (no L-BFGS)."""
+    d, obj = binary_lr
+    chol = torch.linalg.cholesky(obj.hessian())
+    plain = retrain(obj, remove=[5, 11], tol=1e-10)
+    fast = retrain(obj, remove=[5, 11], tol=1e-10, newton=chol)
+    assert fast.grad_norm <= 1e-10
+    assert 1 <= fast.iterations <= 10  # newton_steps' count: L-BFGS was not needed
+    bound = (fast.grad_norm + plain.grad_norm) / torch.linalg.eigvalsh(obj.hessian())[0].item()  # R strongly convex
+    assert (fast.theta - plain.theta).norm() <= 2 * bound
+    both = loo_ground_truth(obj, d.X_test[:3], d.y_test[:3], [5, 11], tol=1e-10, progress=False, baseline=False, newton=chol)
+    ref = loo_ground_truth(obj, d.X_test[:3], d.y_test[:3], [5, 11], tol=1e-10, progress=False, baseline=False)
+    torch.testing.assert_close(both, ref, rtol=1e-5, atol=1e-8)  # θ differs by ≤ the bound above
+
+
 def test_influence_predicts_leave_one_out_on_logistic_regression(binary_lr):
     d, obj = binary_lr
     inf = whybox.InfluenceFunction(obj, whybox.Exact()).fit()

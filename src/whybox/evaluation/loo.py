@@ -31,6 +31,7 @@ def loo_ground_truth(
     progress: bool = True,
     baseline: bool | None = None,
     max_iter: int = 5000,
+    newton: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Actual test-loss change after removing each training point and retraining, ``[m, k]``.
 
@@ -43,14 +44,21 @@ def loo_ground_truth(
     that retrain moves θ, so the drift of the optimiser is not counted as the point's effect.
     ``max_iter``: the L-BFGS budget of every retraining (baseline included), for models that do not
     reach ``tol`` (a network without weight decay).
+    ``newton``: the lower Cholesky factor of H(θ̂) (small p, e.g. ``torch.linalg.cholesky(objective.hessian())``):
+    each retraining starts with Newton steps with that matrix and finishes with L-BFGS (``zoo.fit``), so
+    it reaches ``tol`` in a few gradient evaluations; only with no baseline (a fixed L-BFGS budget from a
+    non-stationary θ̂ defines its own ground truth).
     """
     X, y = objective.check_data(X_test, y_test, "test")
     if baseline is None:
         baseline = objective.stationarity().grad_norm > tol
+    if newton is not None and baseline:
+        raise ValueError("newton applies when θ̂ is a minimum to tol (baseline=False): from a non-stationary θ̂ "
+                         "the L-BFGS budget (max_iter) defines the ground truth")
     base = objective.losses(X, y, theta=retrain_baseline(objective, tol=tol, max_iter=max_iter).theta if baseline else None)
     cols = []
     for i in tqdm(list(train_idx), desc="leave-one-out retraining", disable=not progress, leave=False):
-        theta = retrain(objective, remove=[int(i)], tol=tol, max_iter=max_iter).theta
+        theta = retrain(objective, remove=[int(i)], tol=tol, max_iter=max_iter, newton=newton).theta
         cols.append(objective.losses(X, y, theta=theta) - base)
     return torch.stack(cols, dim=1)
 

@@ -35,6 +35,7 @@ def fit(
     tol: float = 1e-10,
     max_iter: int = 5000,
     checkpoints: list | None = None,
+    newton: torch.Tensor | None = None,
 ) -> TrainResult:
     """Minimise R(θ) = (1/n)Σ wᵢL(zᵢ, θ) + ½Σⱼdⱼθⱼ² with full-batch L-BFGS (strong Wolfe).
 
@@ -42,7 +43,15 @@ def fit(
     ``max_iter`` iterations. The objective and model are not modified. ``checkpoints``: a list
     that receives a copy of θ at the start of every round of up to 100 L-BFGS iterations (for
     ``whybox.TracIn``, learning rate 1; few rounds, so TracIn from an SGD loop is closer to the paper).
+    ``newton``: the lower Cholesky factor of the Hessian at nearby parameters (a warm start after a
+    small change of the data): first take Newton steps θ −= M⁻¹∇R with that fixed matrix while each
+    at least halves ‖∇R‖ (``newton_steps``), then L-BFGS from there if ``tol`` is not yet reached.
     """
+    if newton is not None and checkpoints is None:
+        start = newton_steps(objective, newton, theta0, weights, tol)
+        if start.grad_norm <= tol:
+            return start
+        theta0 = start.theta
     theta = (objective.theta if theta0 is None else theta0).detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS(
         [theta], lr=1, max_iter=min(100, max_iter), history_size=50, line_search_fn="strong_wolfe",
@@ -70,6 +79,37 @@ def fit(
     with torch.no_grad():
         risk = objective.risk(theta, weights).item()
     return TrainResult(theta.detach(), grad_norm, int(opt.state[theta].get("n_iter", 0)), risk)
+
+
+def newton_steps(
+    objective: Objective,
+    factor: torch.Tensor,
+    theta0: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    tol: float = 1e-10,
+    max_iter: int = 50,
+) -> TrainResult:
+    """θ −= M⁻¹∇R(θ) with a fixed SPD M = ``factor``·``factor``ᵀ (the Hessian at nearby parameters),
+    from ``theta0`` (default θ̂), while each step at least halves ‖∇R‖; stops at ‖∇R‖ ≤ ``tol``.
+    Returns the best θ seen (the start if no step helped); ``fit(newton=...)`` finishes with L-BFGS."""
+    theta = (objective.theta if theta0 is None else theta0).detach().clone()
+
+    def gradient(th: torch.Tensor) -> torch.Tensor:
+        th = th.clone().requires_grad_(True)
+        return torch.autograd.grad(objective.risk(th, weights), th)[0]
+
+    g = gradient(theta)
+    norm, it = g.norm().item(), 0
+    while norm > tol and it < max_iter:
+        step = torch.cholesky_solve(g[:, None], factor.to(g))[:, 0]
+        g_new = gradient(theta - step)
+        new = g_new.norm().item()
+        if not new <= 0.5 * norm:  # the fixed matrix is too far from H here
+            break
+        theta, g, norm, it = theta - step, g_new, new, it + 1
+    with torch.no_grad():
+        risk = objective.risk(theta, weights).item()
+    return TrainResult(theta, norm, it, risk)
 
 
 def train(
@@ -130,17 +170,18 @@ def retrain(
     remove: Sequence[int] = (),
     tol: float = 1e-10,
     max_iter: int = 5000,
+    newton: torch.Tensor | None = None,
 ) -> TrainResult:
     """Ground truth: retrain from θ̂ without the ``remove`` rows (weights 0, normaliser n kept).
 
     The objective becomes (1/n)Σ_{i∉remove} L(zᵢ, θ) + ½Σⱼdⱼθⱼ²: the up-weighting by ε = −1/n
     that influence functions linearise, and the same as scikit-learn's C·Σ loss + ½‖θ‖² convention.
     Compare its losses with those of ``retrain_baseline(objective)`` (same tol and max_iter), not with θ̂'s,
-    when θ̂ is not a minimum.
+    when θ̂ is not a minimum. ``newton``: the Cholesky factor of H(θ̂), to start with Newton steps (``fit``).
     """
     weights = torch.ones(objective.n, dtype=objective.dtype, device=objective.device)
     weights[list(remove)] = 0
-    return fit(objective, weights=weights, tol=tol, max_iter=max_iter)
+    return fit(objective, weights=weights, tol=tol, max_iter=max_iter, newton=newton)
 
 
 def retrain_baseline(objective: Objective, tol: float = 1e-10, max_iter: int = 5000) -> TrainResult:
@@ -213,8 +254,9 @@ class FrozenPrefix:
         full model's (the prefix is frozen), without running the prefix (e.g. to fit a curvature)."""
         return self.head.with_data(self.features, self.head.y if y is None else y).with_theta(theta)
 
-    def refit(self, moved: Objective, rows: Sequence[int], tol: float) -> torch.Tensor:
-        """θ after retraining on ``moved``'s data, where only ``rows`` changed, warm-started."""
+    def refit(self, moved: Objective, rows: Sequence[int], tol: float, newton: torch.Tensor | None = None) -> torch.Tensor:
+        """θ after retraining on ``moved``'s data, where only ``rows`` changed, warm-started
+        (``newton``: see ``fit``)."""
         with torch.no_grad():
             self.features[rows] = self.prefix(moved.X[rows])
-        return fit(self.head.with_data(self.features, moved.y).with_theta(moved.theta), tol=tol).theta
+        return fit(self.head.with_data(self.features, moved.y).with_theta(moved.theta), tol=tol, newton=newton).theta
