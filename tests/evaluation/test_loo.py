@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import whybox
@@ -32,6 +33,8 @@ def test_newton_warm_start_reaches_the_same_minimum_in_few_steps(binary_lr):
     both = loo_ground_truth(obj, d.X_test[:3], d.y_test[:3], [5, 11], tol=1e-10, progress=False, baseline=False, newton=chol)
     ref = loo_ground_truth(obj, d.X_test[:3], d.y_test[:3], [5, 11], tol=1e-10, progress=False, baseline=False)
     torch.testing.assert_close(both, ref, rtol=1e-5, atol=1e-8)  # θ differs by ≤ the bound above
+    with pytest.raises(ValueError, match="newton"):  # a fixed budget that stops above tol: not for newton
+        loo_ground_truth(obj, d.X_test[:3], d.y_test[:3], [5], tol=1e-30, max_iter=3, progress=False, newton=chol)
 
 
 def test_influence_predicts_leave_one_out_on_logistic_regression(binary_lr):

@@ -45,21 +45,26 @@ def loo_ground_truth(
     ``max_iter``: the L-BFGS budget of every retraining (baseline included), for models that do not
     reach ``tol`` (a network without weight decay).
     ``newton``: the lower Cholesky factor of H(θ̂) (small p, e.g. ``torch.linalg.cholesky(objective.hessian())``):
-    each retraining starts with Newton steps with that matrix and finishes with L-BFGS (``zoo.fit``), so
-    it reaches ``tol`` in a few gradient evaluations; only with no baseline (a fixed L-BFGS budget from a
-    non-stationary θ̂ defines its own ground truth).
+    each retraining (baseline included) starts with Newton steps with that matrix and finishes with L-BFGS
+    (``zoo.fit``), so it reaches ``tol`` in a few gradient evaluations. Only for retrainings that reach
+    ``tol`` (a convex model): a fixed L-BFGS budget from a non-stationary θ̃ defines its own ground truth,
+    so a retraining that ends above ``tol`` raises ``ValueError``.
     """
     X, y = objective.check_data(X_test, y_test, "test")
     if baseline is None:
         baseline = objective.stationarity().grad_norm > tol
-    if newton is not None and baseline:
-        raise ValueError("newton applies when θ̂ is a minimum to tol (baseline=False): from a non-stationary θ̂ "
-                         "the L-BFGS budget (max_iter) defines the ground truth")
-    base = objective.losses(X, y, theta=retrain_baseline(objective, tol=tol, max_iter=max_iter).theta if baseline else None)
+
+    def run(remove: list[int]):
+        result = retrain(objective, remove, tol=tol, max_iter=max_iter, newton=newton)
+        if newton is not None and result.grad_norm > tol:
+            raise ValueError(f"a retraining ended at ‖∇R‖ = {result.grad_norm:.1e} > tol = {tol:g}: newton applies only "
+                             "to retrainings that reach tol (a fixed budget defines its own ground truth); drop newton")
+        return result.theta
+
+    base = objective.losses(X, y, theta=run([]) if baseline else None)
     cols = []
     for i in tqdm(list(train_idx), desc="leave-one-out retraining", disable=not progress, leave=False):
-        theta = retrain(objective, remove=[int(i)], tol=tol, max_iter=max_iter, newton=newton).theta
-        cols.append(objective.losses(X, y, theta=theta) - base)
+        cols.append(objective.losses(X, y, theta=run([int(i)])) - base)
     return torch.stack(cols, dim=1)
 
 

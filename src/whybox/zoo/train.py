@@ -184,7 +184,8 @@ def retrain(
     return fit(objective, weights=weights, tol=tol, max_iter=max_iter, newton=newton)
 
 
-def retrain_baseline(objective: Objective, tol: float = 1e-10, max_iter: int = 5000) -> TrainResult:
+def retrain_baseline(objective: Objective, tol: float = 1e-10, max_iter: int = 5000,
+                     newton: torch.Tensor | None = None) -> TrainResult:
     """``retrain`` with nothing removed: the same optimiser, start (θ̂) and budget.
 
     When θ̂ is not a minimum of R (``objective.stationarity()``), retraining moves θ and the test
@@ -192,7 +193,7 @@ def retrain_baseline(objective: Objective, tol: float = 1e-10, max_iter: int = 5
     L(θ̂₋ᵢ) − L(θ̂_baseline), which cancels that drift. At a minimum (‖∇R(θ̂)‖ ≤ ``tol``) L-BFGS takes
     no step and the baseline is θ̂ itself.
     """
-    return retrain(objective, (), tol=tol, max_iter=max_iter)
+    return retrain(objective, (), tol=tol, max_iter=max_iter, newton=newton)
 
 
 def svm_theta(X, y, weight_decay: float, remove: Sequence[int] = (), tol: float = 1e-10) -> torch.Tensor:
