@@ -157,7 +157,7 @@ def fig2(argv: list[str]) -> None:
     ap.add_argument("--cnn-iter", type=int, default=150, help="CNN: L-BFGS iterations (stopped before convergence)")
     ap.add_argument("--cnn-weight-decay", type=float, default=0.001, help="CNN: L2 weight decay (paper: 0.001)")
     ap.add_argument("--damping", type=float, default=0.01, help="CNN: Hessian damping (paper: 0.01)")
-    ap.add_argument("--cnn-top", type=int, default=30, help="CNN: most influential points retrained (paper: 100)")
+    ap.add_argument("--cnn-top", type=int, default=20, help="CNN: most influential points retrained (paper: 100)")
     ap.add_argument("--cnn-tests", type=int, default=1, help="CNN: misclassified test points")
     ap.add_argument("--cnn-retrain-iter", type=int, default=50, help="CNN: L-BFGS iterations per retraining from θ̃")
     ap.add_argument("--seed", type=int, default=0)
@@ -286,10 +286,12 @@ def attack_why(argv: list[str]) -> None:
     print(f"\nwrote {out / 'attack_why.json'}")
 
 
-VERB_DEFAULTS = {  # MNIST defaults of the verbs; options given on the command line come after and win
-    "attack": ["--dataset", "mnist", "--out", "whybox-out/mnist/attack"],
-    "mislabeled": ["--dataset", "mnist", "--out", "whybox-out/mnist/mislabeled"],
-    "compare": ["--dataset", "mnist", "--out", "whybox-out/mnist/compare"],
+VERB_DEFAULTS = {  # MNIST defaults of the verbs, sized to run in a few minutes here (docs/mnist.md has the paper's
+    # sizes); options given on the command line come after and win
+    "attack": ["--dataset", "mnist", "--targets", "5", "--multi", "3", "--out", "whybox-out/mnist/attack"],
+    "mislabeled": ["--dataset", "mnist", "--repeats", "2", "--solver", "ekfac", "--n-trusted", "50",
+                   "--acc-fractions", "0,0.1,0.2,0.3", "--out", "whybox-out/mnist/mislabeled"],
+    "compare": ["--dataset", "mnist", "--n-test", "5", "--out", "whybox-out/mnist/compare"],
 }
 
 
