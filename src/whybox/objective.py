@@ -718,6 +718,23 @@ class Objective:
         clone.X, clone.y = self.check_data(X, y, "training")
         return clone
 
+    def with_rows(self, rows: Sequence[int], X_rows) -> Objective:
+        """A shallow copy whose training inputs ``rows`` are replaced by ``X_rows`` (same θ and labels);
+        only the new rows are validated, so changing a few rows of a large set stays cheap."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long, device=self.device).reshape(-1)
+        X_new = torch.as_tensor(X_rows, device=self.device)
+        if X_new.is_floating_point():
+            X_new = X_new.to(self.dtype)
+        if X_new.shape != (len(idx), *self.X.shape[1:]):
+            raise ValueError(f"X_rows must have shape {(len(idx), *self.X.shape[1:])}, got {tuple(X_new.shape)}")
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.n):
+            raise ValueError(f"rows must be training indices in [0, {self.n})")
+        _check_finite(X_new, "training X")
+        clone = self.with_theta(self.theta)
+        clone.X = self.X.clone()
+        clone.X[idx] = X_new
+        return clone
+
     def to(self, device: str | torch.device) -> Objective:
         """This objective on another device (the model is moved in place; θ̂ is kept)."""
         theta = self.theta.to(device)

@@ -306,8 +306,7 @@ def attack(
     else:
         idx = pick_points(objective, Xt, yt, settings.select, settings.n_points, attributor, curvature)
 
-    X_train = objective.X.clone()
-    raw0 = grid.to_raw(X_train[idx])
+    raw0 = grid.to_raw(objective.X[idx])
     raw = raw0.clone()
     before = objective.losses(Xt, yt)
     history: list[float] = []
@@ -321,8 +320,7 @@ def attack(
         if torch.equal(new, raw):  # a fixed point: same data, same θ, same step from here on
             break
         raw = new
-        X_train[idx] = grid.to_model(raw, X_train[idx])
-        moved = current.with_data(X_train.clone(), objective.y)
+        moved = current.with_rows(idx, grid.to_model(raw, objective.X[idx]))
         theta = (head.refit(moved, idx, settings.tol, newton=newton) if head else  # warm start
                  zoo.fit(moved, tol=settings.tol, newton=newton).theta)
         current = moved.with_theta(theta)
