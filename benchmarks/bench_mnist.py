@@ -13,6 +13,11 @@ attack-why measures what limits the training-set attack at 28×28 (one perturbed
 the L∞ budget (the paper's continuous ±0.5 level, then integer budgets), and the training-set size.
 The other sub-commands run the verbs with --dataset mnist (and their MNIST defaults, which any option
 given overrides). Each prints machine and versions first; PNG and JSON go to --out.
+
+Defaults are sized to run in a few minutes on a 2-core CPU (measured times in docs/mnist.md); the paper's
+sizes by options: fig2 --lr-top 500 --lissa-repeats 10 --cnn-top 100; attack --targets 0 (all correct
+test points) --budgets 1,2,3,5,10; mislabeled --repeats 40 (the paper's Fig 6; it used Enron spam);
+compare --n-test 0 is not offered: the paper shows one test image (--n-test 1).
 """
 
 from __future__ import annotations
