@@ -394,19 +394,26 @@ def attack_each(
     attributor: AttributorSpec | None = None,
     curvature: Curvature | None = None,
     progress: bool = True,
+    only: Sequence[int] | None = None,
 ) -> Sweep:
     """Attack every correctly classified test point on its own (a fresh training set each time), once
     per budget in ``settings.budgets``; ``settings.max_targets`` limits how many (a seeded random
     subset). The training points are ranked once per target (``settings.attack.select``) and each
     budget k perturbs the top k; ``second_try`` and ``cumulative`` reproduce the paper's counting.
     ``attributor`` and ``curvature`` as in ``attack``; H(θ̂) is formed and factorised once for all
-    attacks when p ≤ 5,000 (``attack``'s ``newton``)."""
+    attacks when p ≤ 5,000 (``attack``'s ``newton``). ``only``: attack these test rows (each must be
+    classified correctly; ``max_targets`` is then ignored), e.g. one shard of the targets per process."""
     settings = settings or SweepSettings()
     X, y = objective.check_data(X_test, y_test, "test")
     right = objective.predict(X)[0] == _labels01(objective, y)
     correct = torch.nonzero(right).reshape(-1)
     n_correct = len(correct)
-    if settings.max_targets is not None and settings.max_targets < n_correct:
+    if only is not None:
+        wanted = torch.as_tensor([int(t) for t in only], dtype=torch.long).reshape(-1)
+        if len(wanted) and not bool(right[wanted].all()):
+            raise ValueError(f"only must list correctly classified test rows; {wanted[~right[wanted]].tolist()[:5]} are not")
+        correct = wanted
+    elif settings.max_targets is not None and settings.max_targets < n_correct:
         gen = torch.Generator().manual_seed(settings.seed)
         correct = correct[torch.randperm(n_correct, generator=gen)[: settings.max_targets]].sort().values
     if len(correct) == 0:
