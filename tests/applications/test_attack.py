@@ -187,6 +187,18 @@ def test_newton_warm_start_does_not_change_the_attack(split, logistic, monkeypat
     torch.testing.assert_close(fast.theta, plain.theta, rtol=0, atol=1e-6)
 
 
+def test_only_attacks_exactly_the_given_correct_rows(split, logistic):
+    grid, one = PixelGrid.from_split(split), AttackSettings(iterations=1)
+    sweep = attack_each(logistic, split.X_test, split.y_test, grid, SweepSettings(budgets=(1,), attack=one),
+                        progress=False, only=[5, 2])
+    assert sweep.targets == [5, 2] and [r.targets[0] for r in sweep.attacks[1]] == [5, 2]
+    assert sweep.rows[0].targets == 2
+    y = split.y_test.clone()
+    y[3] = 1 - y[3]  # now row 3 is misclassified: it cannot be a target
+    with pytest.raises(ValueError, match="only"):
+        attack_each(logistic, split.X_test, y, grid, SweepSettings(budgets=(1,), attack=one), progress=False, only=[3])
+
+
 def test_bad_input(split, logistic):
     grid = PixelGrid.from_split(split)
     with pytest.raises(ValueError, match="step"):
