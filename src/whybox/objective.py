@@ -525,7 +525,10 @@ class Objective:
         return torch.stack([self.batch_hvp(eye, self.X[i : i + 1], self.y[i : i + 1]) for i in idx.tolist()])
 
     def hessian(self, block: int = 64) -> torch.Tensor:
-        """The dense Hessian H of R at θ̂, ``[p, p]``, built from HVPs in column blocks."""
+        """The dense Hessian H of R at θ̂, ``[p, p]``, built from HVPs in column blocks (for a GLM or
+        an explained last layer: directly from the layer's inputs, ``_head_hessian``)."""
+        if self._linear_head() is not None:
+            return self._head_hessian()
         eye = torch.eye(self.p, dtype=self.dtype, device=self.device)
         H = torch.cat([self.hvp(eye[i : i + block]) for i in range(0, self.p, block)])
         return 0.5 * (H + H.T)
@@ -572,17 +575,44 @@ class Objective:
         name = self._linear_head()
         module = self.model.get_submodule(name)
         C, d, bias = module.out_features, module.in_features, module.bias is not None
-        prefix = f"{name}." if name else ""
-        offsets = dict(zip(self.param_names, np.cumsum([0, *self.sizes[:-1]]).tolist()))
-        index = offsets[f"{prefix}weight"] + torch.arange(C * d, device=self.device).reshape(C, d)
-        if bias:  # column d of W̃ = [W, b] is the bias
-            index = torch.cat([index, offsets[f"{prefix}bias"] + torch.arange(C, device=self.device)[:, None]], dim=1)
+        index = self._head_index(name, C, d, bias)
         W = V[:, index]  # [k, C, d̃]
         out = torch.zeros_like(V)
         for a, A in self._head_terms(name, bias):
             JV = torch.einsum("bj,kcj->kbc", a, W)  # each example's output change
             out[:, index] += torch.einsum("bce,kbe,bj->kcj", A, JV, a)  # through the output Hessian, back onto W̃
         return out / self.n + self.decay * V
+
+    def _head_hessian(self) -> torch.Tensor:
+        """The dense H of a GLM / explained last layer: block (c, c') of H_W̃ is Σᵢ Aᵢ[c, c'] ãᵢãᵢᵀ / n, one
+        GEMM over the layer's inputs per pair c ≤ c' (C(C+1)/2 GEMMs of n·d̃², against p HVPs of
+        n·C·d̃ each through ``_head_hvp``: C·d̃ / ((C+1)/2) times less work)."""
+        name = self._linear_head()
+        module = self.model.get_submodule(name)
+        C, d, bias = module.out_features, module.in_features, module.bias is not None
+        index = self._head_index(name, C, d, bias).reshape(-1)  # [C·d̃]: θ position of W̃[c, j]
+        dt = d + bias
+        HW = torch.zeros(C, dt, C, dt, dtype=self.dtype, device=self.device)
+        for a, A in self._head_terms(name, bias):
+            for c in range(C):
+                for c2 in range(c, C):
+                    HW[c, :, c2] += (a * A[:, c, c2, None]).T @ a
+        for c in range(C):
+            for c2 in range(c + 1, C):
+                HW[c2, :, c] = HW[c, :, c2].T
+        H = torch.zeros(self.p, self.p, dtype=self.dtype, device=self.device)
+        H[index[:, None], index[None, :]] = HW.reshape(C * dt, C * dt) / self.n
+        H.diagonal().add_(self.decay)
+        return 0.5 * (H + H.T)
+
+    def _head_index(self, name: str, C: int, d: int, bias: bool) -> torch.Tensor:
+        """``[C, d̃]``: the position in θ of each entry of W̃ = [W, b] of the Linear module ``name``."""
+        prefix = f"{name}." if name else ""
+        offsets = dict(zip(self.param_names, np.cumsum([0, *self.sizes[:-1]]).tolist()))
+        index = offsets[f"{prefix}weight"] + torch.arange(C * d, device=self.device).reshape(C, d)
+        if bias:  # column d of W̃ = [W, b] is the bias
+            index = torch.cat([index, offsets[f"{prefix}bias"] + torch.arange(C, device=self.device)[:, None]], dim=1)
+        return index
 
     def _head_terms(self, name: str, bias: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(ã [B, d̃], A [B, C, C]) over training chunks; kept in memory when they fit in ``cache_bytes``."""
@@ -687,6 +717,23 @@ class Objective:
         """A shallow copy on other training data (e.g. with a point replaced), same θ."""
         clone = self.with_theta(self.theta)
         clone.X, clone.y = self.check_data(X, y, "training")
+        return clone
+
+    def with_rows(self, rows: Sequence[int], X_rows) -> Objective:
+        """A shallow copy whose training inputs ``rows`` are replaced by ``X_rows`` (same θ and labels);
+        only the new rows are validated, so changing a few rows of a large set stays cheap."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long, device=self.device).reshape(-1)
+        X_new = torch.as_tensor(X_rows, device=self.device)
+        if X_new.is_floating_point():
+            X_new = X_new.to(self.dtype)
+        if X_new.shape != (len(idx), *self.X.shape[1:]):
+            raise ValueError(f"X_rows must have shape {(len(idx), *self.X.shape[1:])}, got {tuple(X_new.shape)}")
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.n):
+            raise ValueError(f"rows must be training indices in [0, {self.n})")
+        _check_finite(X_new, "training X")
+        clone = self.with_theta(self.theta)
+        clone.X = self.X.clone()
+        clone.X[idx] = X_new
         return clone
 
     def to(self, device: str | torch.device) -> Objective:

@@ -21,7 +21,6 @@ from whybox.zoo.populations import (
 from whybox.zoo.setups import frozen_network, pixel_logistic, pretrained_extractor, rbf_svm
 from whybox.zoo.train import (
     FrozenPrefix,
-    NewtonRetrain,
     TrainResult,
     fit,
     retrain,
@@ -37,5 +36,5 @@ __all__ = [
     "TransformerClassifier", "transformer_classifier",
     "Readmission", "ReadmissionConfig", "make_readmission", "make_spam_corpus", "make_token_sequences",
     "pretrained_extractor", "frozen_network", "pixel_logistic", "rbf_svm",
-    "TrainResult", "FrozenPrefix", "NewtonRetrain", "fit", "train", "train_adam", "train_logistic", "retrain", "retrain_baseline", "svm_theta",
+    "TrainResult", "FrozenPrefix", "fit", "train", "train_adam", "train_logistic", "retrain", "retrain_baseline", "svm_theta",
 ]

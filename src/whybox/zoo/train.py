@@ -36,6 +36,7 @@ def fit(
     tol: float = 1e-10,
     max_iter: int = 5000,
     checkpoints: list | None = None,
+    newton: torch.Tensor | None = None,
 ) -> TrainResult:
     """Minimise R(θ) = (1/n)Σ wᵢL(zᵢ, θ) + ½Σⱼdⱼθⱼ² with full-batch L-BFGS (strong Wolfe).
 
@@ -43,7 +44,15 @@ def fit(
     ``max_iter`` iterations. The objective and model are not modified. ``checkpoints``: a list
     that receives a copy of θ at the start of every round of up to 100 L-BFGS iterations (for
     ``whybox.TracIn``, learning rate 1; few rounds, so TracIn from an SGD loop is closer to the paper).
+    ``newton``: the lower Cholesky factor of the Hessian at nearby parameters (a warm start after a
+    small change of the data): first take Newton steps θ −= M⁻¹∇R with that fixed matrix while each
+    cuts ‖∇R‖ (``newton_steps``), then L-BFGS from there if ``tol`` is not yet reached.
     """
+    if newton is not None and checkpoints is None:
+        start = newton_steps(objective, newton, theta0, weights, tol)
+        if start.grad_norm <= tol:
+            return start
+        theta0 = start.theta
     theta = (objective.theta if theta0 is None else theta0).detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS(
         [theta], lr=1, max_iter=min(100, max_iter), history_size=50, line_search_fn="strong_wolfe",
@@ -73,6 +82,43 @@ def fit(
     with torch.no_grad():
         risk = objective.risk(theta, weights).item()
     return TrainResult(theta.detach(), grad_norm, int(opt.state[theta].get("n_iter", 0)), risk)
+
+
+CHORD_RATE = 0.9  # a chord step must cut ‖∇R‖ at least this much, or L-BFGS takes over
+
+
+def newton_steps(
+    objective: Objective,
+    factor: torch.Tensor,
+    theta0: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+) -> TrainResult:
+    """Chord-Newton steps θ −= M⁻¹∇R(θ) with a fixed SPD M = ``factor``·``factor``ᵀ (the Hessian at
+    nearby parameters, e.g. H(θ̂) after removing a point), from ``theta0`` (default θ̂), while each step
+    cuts ‖∇R‖ by at least ``CHORD_RATE``; stops at ‖∇R‖ ≤ ``tol``. Convergence is linear with a small
+    rate near θ̂ and reaches tolerances L-BFGS cannot (it stalls near 1e-7 on the digits CNN:
+    ``benchmarks/bench_cnn_loo.py``). Returns the best θ seen (the start if no step helped);
+    ``fit(newton=...)`` finishes with L-BFGS."""
+    theta = (objective.theta if theta0 is None else theta0).detach().clone()
+
+    def gradient(th: torch.Tensor) -> torch.Tensor:
+        th = th.clone().requires_grad_(True)
+        return torch.autograd.grad(objective.risk(th, weights), th)[0]
+
+    g = gradient(theta)
+    norm, it = g.norm().item(), 0
+    while norm > tol and it < max_iter:
+        step = torch.cholesky_solve(g[:, None], factor.to(g))[:, 0]
+        g_new = gradient(theta - step)
+        new = g_new.norm().item()
+        if not new <= CHORD_RATE * norm:  # the fixed matrix is too far from H here
+            break
+        theta, g, norm, it = theta - step, g_new, new, it + 1
+    with torch.no_grad():
+        risk = objective.risk(theta, weights).item()
+    return TrainResult(theta, norm, it, risk)
 
 
 def train(
@@ -173,20 +219,22 @@ def retrain(
     remove: Sequence[int] = (),
     tol: float = 1e-10,
     max_iter: int = 5000,
+    newton: torch.Tensor | None = None,
 ) -> TrainResult:
     """Ground truth: retrain from θ̂ without the ``remove`` rows (weights 0, normaliser n kept).
 
     The objective becomes (1/n)Σ_{i∉remove} L(zᵢ, θ) + ½Σⱼdⱼθⱼ²: the up-weighting by ε = −1/n
     that influence functions linearise, and the same as scikit-learn's C·Σ loss + ½‖θ‖² convention.
     Compare its losses with those of ``retrain_baseline(objective)`` (same tol and max_iter), not with θ̂'s,
-    when θ̂ is not a minimum.
+    when θ̂ is not a minimum. ``newton``: the Cholesky factor of H(θ̂), to start with Newton steps (``fit``).
     """
     weights = torch.ones(objective.n, dtype=objective.dtype, device=objective.device)
     weights[list(remove)] = 0
-    return fit(objective, weights=weights, tol=tol, max_iter=max_iter)
+    return fit(objective, weights=weights, tol=tol, max_iter=max_iter, newton=newton)
 
 
-def retrain_baseline(objective: Objective, tol: float = 1e-10, max_iter: int = 5000) -> TrainResult:
+def retrain_baseline(objective: Objective, tol: float = 1e-10, max_iter: int = 5000,
+                     newton: torch.Tensor | None = None) -> TrainResult:
     """``retrain`` with nothing removed: the same optimiser, start (θ̂) and budget.
 
     When θ̂ is not a minimum of R (``objective.stationarity()``), retraining moves θ and the test
@@ -194,53 +242,7 @@ def retrain_baseline(objective: Objective, tol: float = 1e-10, max_iter: int = 5
     L(θ̂₋ᵢ) − L(θ̂_baseline), which cancels that drift. At a minimum (‖∇R(θ̂)‖ ≤ ``tol``) L-BFGS takes
     no step and the baseline is θ̂ itself.
     """
-    return retrain(objective, (), tol=tol, max_iter=max_iter)
-
-
-class NewtonRetrain:
-    """Retraining from θ̂ without some rows by Newton steps with the Hessian frozen at θ̂ (the chord
-    method): θ ← θ − H(θ̂)⁻¹ ∇R₋(θ), the standard warm start for leave-one-out ground truth.
-
-    Removing one point moves the minimum by O(1/n), where H(θ̂) is still an excellent model of the
-    curvature: each step costs one full-batch gradient, the convergence is linear with a small rate,
-    and it reaches tolerances (1e-10) that L-BFGS cannot (it stalls near 1e-7 on the digits CNN).
-    The first step from a stationary θ̂ is exactly the influence-function estimate; the answer is
-    the retrained minimum, checked by ‖∇R₋(θ)‖ ≤ ``tol``. When the steps stop shrinking the gradient
-    (a removal too large for H(θ̂)), it finishes with L-BFGS (``fit``) from where it got.
-
-    Args:
-        objective: at a minimum θ̂ (H positive definite; ``ValueError`` otherwise).
-        hessian: H at θ̂ if already formed (``objective.hessian()`` by default: p HVPs, small p only).
-    """
-
-    def __init__(self, objective: Objective, hessian: torch.Tensor | None = None) -> None:
-        H = objective.hessian() if hessian is None else torch.as_tensor(hessian, dtype=objective.dtype)
-        if H.shape != (objective.p, objective.p):
-            raise ValueError(f"hessian must have shape ({objective.p}, {objective.p}), got {tuple(H.shape)}")
-        chol, info = torch.linalg.cholesky_ex(H)
-        if int(info) != 0:
-            raise ValueError("the Hessian at θ̂ is not positive definite, so θ̂ is not a minimum and Newton steps "
-                             "do not retrain it: train to a minimum first, or use zoo.retrain (L-BFGS)")
-        self.objective, self._chol = objective, chol
-
-    def __call__(self, remove: Sequence[int] = (), tol: float = 1e-10, max_steps: int = 100,
-                 max_iter: int = 5000) -> TrainResult:
-        """θ retrained without the ``remove`` rows (weights 0, normaliser n kept, as ``retrain``)."""
-        obj = self.objective
-        weights = torch.ones(obj.n, dtype=obj.dtype, device=obj.device)
-        weights[list(remove)] = 0
-        theta, previous = obj.theta.detach().clone(), float("inf")
-        for step in range(max_steps + 1):
-            th = theta.clone().requires_grad_(True)
-            g = torch.autograd.grad(obj.risk(th, weights), th)[0]
-            norm = g.norm().item()
-            if norm <= tol:
-                return TrainResult(theta, norm, step, obj.risk(theta, weights).item())
-            if norm > 0.9 * previous or step == max_steps:  # not converging fast: let L-BFGS finish
-                done = fit(obj, theta0=theta, weights=weights, tol=tol, max_iter=max_iter)
-                return TrainResult(done.theta, done.grad_norm, step + done.iterations, done.risk)
-            theta, previous = theta - torch.cholesky_solve(g[:, None], self._chol)[:, 0], norm
-        raise AssertionError("unreachable")  # pragma: no cover
+    return retrain(objective, (), tol=tol, max_iter=max_iter, newton=newton)
 
 
 def svm_theta(X, y, weight_decay: float, remove: Sequence[int] = (), tol: float = 1e-10) -> torch.Tensor:
@@ -302,8 +304,9 @@ class FrozenPrefix:
         full model's (the prefix is frozen), without running the prefix (e.g. to fit a curvature)."""
         return self.head.with_data(self.features, self.head.y if y is None else y).with_theta(theta)
 
-    def refit(self, moved: Objective, rows: Sequence[int], tol: float) -> torch.Tensor:
-        """θ after retraining on ``moved``'s data, where only ``rows`` changed, warm-started."""
+    def refit(self, moved: Objective, rows: Sequence[int], tol: float, newton: torch.Tensor | None = None) -> torch.Tensor:
+        """θ after retraining on ``moved``'s data, where only ``rows`` changed, warm-started
+        (``newton``: see ``fit``)."""
         with torch.no_grad():
             self.features[rows] = self.prefix(moved.X[rows])
-        return fit(self.head.with_data(self.features, moved.y).with_theta(moved.theta), tol=tol).theta
+        return fit(self.head.with_data(self.features, moved.y).with_theta(moved.theta), tol=tol, newton=newton).theta
