@@ -35,6 +35,49 @@ def test_hvp_matches_dense_autograd_hessian(iris_mlp):
     torch.testing.assert_close(obj.hessian(), 0.5 * (H + H.T))
 
 
+def test_kept_gradient_graph_gives_the_autograd_hessian_whether_kept_or_rebuilt(iris_mlp):
+    _, obj = iris_mlp
+    H = torch.autograd.functional.hessian(lambda th: obj.risk(th), obj.theta)
+    V = torch.randn(4, obj.p, dtype=obj.dtype, generator=torch.Generator().manual_seed(0))
+    kept = obj.curvature_operator("hessian")
+    for _ in range(2):  # the second call reuses the graphs built by the first
+        torch.testing.assert_close(kept(V), V @ H.T)
+    assert kept._graphs and kept.saved_bytes > 0
+    # 7-row chunks, and a cache too small to keep any graph: rebuilt on every call, same products
+    tight = whybox.Objective(obj.model, "cross_entropy", obj.X, obj.y, weight_decay=0.01, batch_size=7, cache_bytes=1)
+    rebuilt = tight.curvature_operator("hessian")
+    for _ in range(2):
+        torch.testing.assert_close(rebuilt(V), V @ H.T)
+    assert not rebuilt._graphs
+    torch.testing.assert_close(obj.curvature_operator("ggn")(V), obj.ggn_vp(V))
+    rows = slice(10, 25)  # a mini-batch product (LiSSA's step): the mean Hessian of those rows, no decay
+    H_batch = torch.autograd.functional.hessian(lambda th: obj._batch_losses(th, obj.X[rows], obj.y[rows]).mean(),
+                                                obj.theta)
+    torch.testing.assert_close(obj.batch_hvp(V, obj.X[rows], obj.y[rows]), V @ H_batch.T)
+
+
+def test_kept_gradient_graph_of_a_loss_linear_in_theta_gives_the_decay_only():
+    torch.manual_seed(0)
+    X = torch.randn(20, 3, dtype=torch.float64)
+    y = torch.randn(20, 1, dtype=torch.float64)
+
+
+    class Dot(torch.nn.Module):  # not an nn.Linear: the general path, not the linear-head shortcut
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(3, 1, dtype=torch.float64))
+
+        def forward(self, x):
+            return x @ self.w
+
+    linear_loss = lambda out, t: (out * t).sum()  # noqa: E731 - its Hessian in θ is 0
+    obj = whybox.Objective(Dot(), linear_loss, X, y, weight_decay=0.3)
+    op = obj.curvature_operator("hessian")
+    V = torch.randn(2, obj.p, dtype=torch.float64)
+    torch.testing.assert_close(op(V), 0.3 * V)
+    assert type(op).__name__ == "LinearisedGradient"
+
+
 def test_risk_gradient_is_zero_at_the_trained_optimum(iris_mlp):
     _, obj = iris_mlp
     assert obj.risk_grad().norm() < 1e-6
@@ -71,7 +114,8 @@ def _autograd_hvp(obj, V):
 
 
 def test_linear_head_hvp_equals_autograd(binary_lr, digits_lr):
-    """GLMs and an explained last layer take the two-GEMM product over the layer's inputs."""
+    """GLMs and an explained last layer take the two-GEMM product over the layer's inputs, and
+    rank-one per-example gradients."""
     d = zoo.load("digits")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -83,6 +127,9 @@ def test_linear_head_hvp_equals_autograd(binary_lr, digits_lr):
         assert obj._linear_head() == head
         V = torch.randn(3, obj.p, dtype=obj.dtype, generator=gen)
         torch.testing.assert_close(obj.hvp(V), _autograd_hvp(obj, V), rtol=1e-10, atol=1e-13)
+        # per-example gradients: the closed-form rank-one route on heads, against torch.func per example
+        ref = torch.func.vmap(torch.func.grad(obj._example_loss), in_dims=(None, 0, 0))(obj.theta, obj.X[:40], obj.y[:40])
+        torch.testing.assert_close(obj.grads(obj.X[:40], obj.y[:40]), ref, rtol=1e-10, atol=1e-13)
     moved = digits_lr[1].with_theta(digits_lr[1].theta * 0.5)  # the cached output Hessians belong to θ̂
     V = torch.randn(2, moved.p, dtype=moved.dtype, generator=gen)
     torch.testing.assert_close(moved.hvp(V), _autograd_hvp(moved, V), rtol=1e-10, atol=1e-13)

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, hessian, jacrev, jvp, vjp, vmap
+from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 
 from whybox import losses as _losses
 from whybox.losses import LossFn
@@ -135,6 +135,11 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
                 f"{what} contains NaN or inf in {int(bad.sum())} row(s) (first at index {first}); "
                 "remove or impute those rows first"
             )
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat`` without the copy when there is one part (a [n, p] gradient matrix can be GBs)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 _TRAIN_MODE_LAYERS = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
@@ -388,26 +393,28 @@ class Objective:
     def iter_grads(self, X=None, y=None) -> Iterator[tuple[slice, torch.Tensor]]:
         """Per-example gradients ∇θL(zᵢ, θ̂) as ``(rows, [B, p])`` chunks (batched, no loop over rows)."""
         X, y = self._data(X, y)
-        per_example = vmap(grad(self._example_loss), in_dims=(None, 0, 0))
+        head = self._linear_head() is not None  # a GLM or an explained last layer: rank-one, in closed form
+        per_example = self._head_grads if head else lambda X, y: vmap(grad(self._example_loss), in_dims=(None, 0, 0))(
+            self.theta, X, y).detach()
         rows = max(1, min(self.batch_size, 2**26 // (self.p * self.theta.element_size())))  # ≤ 64 MiB a chunk
         for s in self.chunks(len(X), rows):
-            yield s, per_example(self.theta, X[s], y[s]).detach()
+            yield s, per_example(X[s], y[s])
 
     def grads(self, X=None, y=None) -> torch.Tensor:
         """Per-example gradients of the plain loss, ``[N, p]`` (training data by default)."""
         if X is None:
             return self.train_grads(slice(None))
-        return torch.cat([g for _, g in self.iter_grads(X, y)])
+        return _cat([g for _, g in self.iter_grads(X, y)])
 
     def train_grads(self, rows) -> torch.Tensor:
         """Gradients of the selected training rows, ``[k, p]``. All n are cached when they fit in
         ``cache_bytes`` (default 512 MiB); otherwise only the asked rows are computed, so callers
         that stream over row chunks use bounded memory however large n is."""
         if self._train_grads is None and self.n * self.p * self.theta.element_size() <= self.cache_bytes:
-            self._train_grads = torch.cat([g for _, g in self.iter_grads(self.X, self.y)])
+            self._train_grads = _cat([g for _, g in self.iter_grads(self.X, self.y)])
         if self._train_grads is not None:
             return self._train_grads[rows]
-        return torch.cat([g for _, g in self.iter_grads(self.X[rows], self.y[rows])])
+        return _cat([g for _, g in self.iter_grads(self.X[rows], self.y[rows])])
 
     def risk_grad(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """∇R(θ): zero at a converged θ̂."""
@@ -455,21 +462,29 @@ class Objective:
 
     # ------------------------------------------------------------------ second derivatives
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
-        """H·v for a batch ``V [k, p]`` (forward-over-reverse, O(np) per vector, H never formed;
-        for a GLM or an explained last layer, two GEMMs over the layer's inputs: ``_head_hvp``)."""
-        V = V.reshape(-1, self.p)
+        """H·v for a batch ``V [k, p]`` (O(np) per vector, H never formed; for a GLM or an
+        explained last layer, two GEMMs over the layer's inputs: ``_head_hvp``). One call builds
+        ∇R's graph once and differentiates it again for every vector; solvers that multiply
+        repeatedly keep that graph with ``curvature_operator``."""
+        return self.curvature_operator("hessian")(V)
+
+    def curvature_operator(self, curvature: str = "hessian") -> Callable[[torch.Tensor], torch.Tensor]:
+        """V ↦ H·V (or G·V with ``"ggn"``) for ``V [k, p]``, full data, weight decay included, as a
+        function to call many times. For the Hessian it holds ∇R's first-order graph (one forward
+        and create-graph backward pass per chunk, built on the first call) while that graph fits
+        in ``cache_bytes``, so each later product costs one backward pass of it per vector and no
+        forward pass (``LinearisedGradient``); drop the function to free it."""
+        if _curvature(curvature) == "ggn":
+            return self.ggn_vp
         if self._linear_head() is not None:
-            return self._head_hvp(V)
-        out = torch.zeros_like(V)
-        for s in self.chunks(self.n):
-            out += self.batch_hvp(V, self.X[s], self.y[s]) * (s.stop - s.start)
-        return out / self.n + self.decay * V
+            return self._head_hvp
+        return LinearisedGradient(self)
 
     def batch_hvp(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(mean over the batch of ∇²L)·v for ``V [k, p]``: the mini-batch Hessian, no weight decay."""
-        mean_loss = lambda th: self._batch_losses(th, X, y).mean()  # noqa: E731
-        one = lambda v: jvp(grad(mean_loss), (self.theta,), (v,))[1]  # noqa: E731
-        return vmap(one)(V).detach()
+        """(mean over the batch of ∇²L)·v for ``V [k, p]``: the mini-batch Hessian, no weight decay
+        (the batch's gradient graph built once, then one backward pass of it per vector)."""
+        theta, g, _ = _gradient_graph(self, X, y)
+        return _graph_products(theta, g, V.reshape(-1, self.p)) / len(X)
 
     def ggn_vp(self, V: torch.Tensor) -> torch.Tensor:
         """G·v for a batch ``V [k, p]``: the Gauss-Newton matrix (module docstring), never formed."""
@@ -525,12 +540,14 @@ class Objective:
         return torch.stack([self.batch_hvp(eye, self.X[i : i + 1], self.y[i : i + 1]) for i in idx.tolist()])
 
     def hessian(self, block: int = 64) -> torch.Tensor:
-        """The dense Hessian H of R at θ̂, ``[p, p]``, built from HVPs in column blocks (for a GLM or
-        an explained last layer: directly from the layer's inputs, ``_head_hessian``)."""
+        """The dense Hessian H of R at θ̂, ``[p, p]``: for a GLM or an explained last layer directly
+        from the layer's inputs (``_head_hessian``), else from HVPs in column blocks (∇R's graph built
+        once for all of them, see ``curvature_operator``)."""
         if self._linear_head() is not None:
             return self._head_hessian()
         eye = torch.eye(self.p, dtype=self.dtype, device=self.device)
-        H = torch.cat([self.hvp(eye[i : i + block]) for i in range(0, self.p, block)])
+        hvp = self.curvature_operator("hessian")
+        H = torch.cat([hvp(eye[i : i + block]) for i in range(0, self.p, block)])
         return 0.5 * (H + H.T)
 
     def _linear_head(self) -> str | None:
@@ -573,9 +590,7 @@ class Objective:
         over the layer's inputs: O(n·C·d) per vector, no autograd. Inputs and Aᵢ are cached while
         they fit in ``cache_bytes``."""
         name = self._linear_head()
-        module = self.model.get_submodule(name)
-        C, d, bias = module.out_features, module.in_features, module.bias is not None
-        index = self._head_index(name, C, d, bias)
+        index, bias = self._head_index(name)
         W = V[:, index]  # [k, C, d̃]
         out = torch.zeros_like(V)
         for a, A in self._head_terms(name, bias):
@@ -588,10 +603,9 @@ class Objective:
         GEMM over the layer's inputs per pair c ≤ c' (C(C+1)/2 GEMMs of n·d̃², against p HVPs of
         n·C·d̃ each through ``_head_hvp``: C·d̃ / ((C+1)/2) times less work)."""
         name = self._linear_head()
-        module = self.model.get_submodule(name)
-        C, d, bias = module.out_features, module.in_features, module.bias is not None
-        index = self._head_index(name, C, d, bias).reshape(-1)  # [C·d̃]: θ position of W̃[c, j]
-        dt = d + bias
+        index, bias = self._head_index(name)
+        C, dt = index.shape
+        index = index.reshape(-1)  # [C·d̃]: θ position of W̃[c, j]
         HW = torch.zeros(C, dt, C, dt, dtype=self.dtype, device=self.device)
         for a, A in self._head_terms(name, bias):
             for c in range(C):
@@ -605,28 +619,64 @@ class Objective:
         H.diagonal().add_(self.decay)
         return 0.5 * (H + H.T)
 
-    def _head_index(self, name: str, C: int, d: int, bias: bool) -> torch.Tensor:
-        """``[C, d̃]``: the position in θ of each entry of W̃ = [W, b] of the Linear module ``name``."""
+    def _head_index(self, name: str) -> tuple[torch.Tensor, bool]:
+        """Where W̃ = [W, b] of the Linear head ``name`` sits in θ: ``index [C, d̃]`` (column d the
+        bias, if it has one), and whether it has one."""
+        module = self.model.get_submodule(name)
+        C, d, bias = module.out_features, module.in_features, module.bias is not None
         prefix = f"{name}." if name else ""
         offsets = dict(zip(self.param_names, np.cumsum([0, *self.sizes[:-1]]).tolist()))
         index = offsets[f"{prefix}weight"] + torch.arange(C * d, device=self.device).reshape(C, d)
         if bias:  # column d of W̃ = [W, b] is the bias
             index = torch.cat([index, offsets[f"{prefix}bias"] + torch.arange(C, device=self.device)[:, None]], dim=1)
-        return index
+        return index, bias
+
+    def _head_grads(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example gradients ``[B, p]`` when the explained parameters are one Linear head: the
+        rank-one ∂L/∂oᵢ ãᵢᵀ (output gradient times the layer's input with a 1 appended), no
+        per-example autograd through the model."""
+        name = self._linear_head()
+        index, bias = self._head_index(name)
+        a, out = self._head_inputs(name, X)
+        if bias:
+            a = torch.cat([a, a.new_ones(len(a), 1)], dim=1)
+        D = self._output_derivatives(out, y)[0]  # [B, C]
+        G = a.new_empty(len(a), self.p)
+        G[:, index.reshape(-1)] = (D[:, :, None] * a[:, None, :]).reshape(len(a), -1)
+        return G.detach()
+
+    def _output_derivatives(self, out: torch.Tensor, y: torch.Tensor, second: bool = False
+                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """∂Lᵢ/∂oᵢ ``[B, C]`` and, with ``second``, ∂²Lᵢ/∂oᵢ² ``[B, C, C]`` for model outputs ``out``,
+        by plain autograd on the outputs (Lᵢ depends on its own row only, so the gradient of ΣLᵢ
+        holds every row's; C more backward passes give the Hessians). No torch.func transform:
+        nothing to warm up (vmap(grad) costs ~1 s on its first call in a process)."""
+        o = out.detach().reshape(len(out), -1).requires_grad_(True)
+        loss_of_out = lambda row, t: self.loss_fn(row.reshape(self.output_shape), t)  # noqa: E731
+        with torch.enable_grad():
+            total = vmap(loss_of_out)(o, y).sum()
+            (D,) = torch.autograd.grad(total, o, create_graph=second)
+            if not second:
+                return D.detach(), None
+            if not D.requires_grad:  # the loss is linear in the outputs
+                return D.detach(), o.new_zeros(len(o), o.shape[1], o.shape[1])
+            rows = [torch.autograd.grad(D[:, c].sum(), o, retain_graph=True, allow_unused=True)[0]
+                    for c in range(o.shape[1])]
+        A = torch.stack([torch.zeros_like(o) if r is None else r for r in rows], dim=1)
+        return D.detach(), A.detach()
 
     def _head_terms(self, name: str, bias: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(ã [B, d̃], A [B, C, C]) over training chunks; kept in memory when they fit in ``cache_bytes``."""
         if self._head_cache is not None:
             yield from self._head_cache
             return
-        loss_of_out = lambda o, t: self.loss_fn(o.reshape(self.output_shape), t)  # noqa: E731
         terms: list | None = []  # None once they outgrow cache_bytes: memory stays bounded in n
         size = 0
         for s in self.chunks(self.n):
             a, out = self._head_inputs(name, self.X[s])
             if bias:
                 a = torch.cat([a, a.new_ones(len(a), 1)], dim=1)
-            A = vmap(hessian(loss_of_out))(out.reshape(len(a), -1), self.y[s]).detach()
+            A = self._output_derivatives(out, self.y[s], second=True)[1]
             size += (a.numel() + A.numel()) * self.theta.element_size()
             terms = terms if terms is not None and size <= self.cache_bytes else None
             if terms is not None:
@@ -641,8 +691,7 @@ class Objective:
         X, y = self.X[rows], self.y[rows]
         out_fn = lambda th, x: self.outputs(x.unsqueeze(0), th).reshape(-1)  # noqa: E731
         J = vmap(jacrev(out_fn), in_dims=(None, 0))(self.theta, X)  # [k, C, p]
-        loss_of_out = lambda o, t: self.loss_fn(o.reshape(self.output_shape), t)  # noqa: E731
-        A = vmap(hessian(loss_of_out))(self.outputs(X).reshape(len(X), -1), y)  # [k, C, C]
+        A = self._output_derivatives(self.outputs(X), y, second=True)[1]  # [k, C, C]
         evals, evecs = torch.linalg.eigh(0.5 * (A + A.transpose(1, 2)))
         root = evecs * evals.clamp_min(0).sqrt()[:, None, :]  # A = root rootᵀ
         return (J.transpose(1, 2) @ root).detach()
@@ -751,3 +800,75 @@ class Objective:
         with torch.no_grad():
             for name, piece, shape in zip(self.param_names, pieces, self.shapes):
                 named[name].copy_(piece.view(shape))
+
+
+class LinearisedGradient:
+    """H·V by reverse-over-reverse differentiation with ∇R's graph kept between calls.
+
+    The first call runs, per training chunk, the forward pass and a create-graph backward pass
+    giving gₛ = Σᵢ∈ₛ ∇L(zᵢ, θ̂) as a function of θ; every product is then Σₛ ∂(gₛ·v)/∂θ / n +
+    d ⊙ v, one backward pass through the kept graphs per vector. This avoids re-running the
+    forward and first backward pass for every product (as forward-over-reverse ``torch.func``
+    products do) and torch.func's per-call transform overhead: on the digits MLP and CNN one
+    product costs about one and two forward+backward passes. The graphs are kept while the
+    bytes they save stay within ``objective.cache_bytes``; above that each call rebuilds them
+    chunk by chunk, so memory stays flat in n.
+    """
+
+    def __init__(self, objective: Objective) -> None:
+        self.objective = objective
+        self._graphs: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self._keep = True
+        self.saved_bytes = 0  # what the kept (or last built) graphs hold
+
+    def _chunk_graphs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        if self._graphs:
+            yield from self._graphs
+            return
+        obj = self.objective
+        kept, used = [], 0
+        for s in obj.chunks(obj.n):
+            theta, g, size = _gradient_graph(obj, obj.X[s], obj.y[s])
+            used += size
+            self._keep = self._keep and used <= obj.cache_bytes
+            if self._keep:
+                kept.append((theta, g))
+            yield theta, g
+        self.saved_bytes = used
+        self._graphs = kept if self._keep else []
+
+    def __call__(self, V: torch.Tensor) -> torch.Tensor:
+        obj = self.objective
+        V = V.reshape(-1, obj.p)
+        out = torch.zeros_like(V)
+        for theta, g in self._chunk_graphs():
+            out += _graph_products(theta, g, V)
+        return out / obj.n + obj.decay * V
+
+
+def _gradient_graph(obj: Objective, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """(θ as a leaf, g = Σᵢ∇L(zᵢ, θ) over the rows with its graph, bytes the graph saves); g is None
+    when the loss is linear in θ on these rows (no curvature)."""
+    theta = obj.theta.detach().requires_grad_(True)
+    size = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        size[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        total = obj._batch_losses(theta, X, y).sum()
+        g = torch.autograd.grad(total, theta, create_graph=True)[0] if total.requires_grad else None
+    return theta, (g if g is not None and g.requires_grad else None), size[0]
+
+
+def _graph_products(theta: torch.Tensor, g: torch.Tensor | None, V: torch.Tensor) -> torch.Tensor:
+    """∂(g·v)/∂θ for every row v of ``V [k, p]``: one backward pass through g's graph each."""
+    out = torch.zeros_like(V)
+    if g is None:
+        return out
+    for j, v in enumerate(V):
+        (hv,) = torch.autograd.grad(g, theta, v, retain_graph=True, allow_unused=True)
+        if hv is not None:
+            out[j] = hv
+    return out

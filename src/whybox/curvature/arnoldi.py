@@ -71,6 +71,10 @@ class Arnoldi(Curvature):
     def fit(self, objective: Objective) -> Arnoldi:
         """Find the top-``rank`` eigenpairs of H (without damping) and check them."""
         super().fit(objective)
+        with self.held_products():  # ∇R's graph built once for all of ARPACK's products
+            return self._fit(objective)
+
+    def _fit(self, objective: Objective) -> Arnoldi:
         t0 = time.perf_counter()
         p = objective.p
         if self.rank >= p:  # the whole spectrum: no Lanczos needed

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -60,6 +61,7 @@ class Curvature:
         self.strict = bool(strict)
         self.objective: Objective | None = None
         self.diagnostics: dict[str, Any] = {}
+        self._products: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def fit(self, objective: Objective) -> Curvature:
         """Prepare the solver for this objective; returns ``self``."""
@@ -74,7 +76,22 @@ class Curvature:
 
     def undamped(self, V: torch.Tensor) -> torch.Tensor:
         """H·V (or G·V with ``curvature="ggn"``) for ``V [k, p]``, with full-data products."""
+        if self._products is not None:
+            return self._products(V)
         return self._fitted().curvature_vp(V, self.curvature)
+
+    @contextmanager
+    def held_products(self) -> Iterator[None]:
+        """Inside this block every product reuses one ``Objective.curvature_operator`` (∇R's graph
+        built once, not once per product); it is dropped, and its memory freed, on leaving."""
+        if self._products is not None:
+            yield
+            return
+        self._products = self._fitted().curvature_operator(self.curvature)
+        try:
+            yield
+        finally:
+            self._products = None
 
     def matvec(self, V: torch.Tensor) -> torch.Tensor:
         """(H + damping·I)·V for ``V [k, p]``, with full-data products."""
@@ -92,8 +109,9 @@ class Curvature:
         B = V.reshape(-1, self._fitted().p)
         if len(B) == 0:
             return B.clone()
-        X = self._solve(B)
-        self._prove(B, X)
+        with self.held_products():
+            X = self._solve(B)
+            self._prove(B, X)
         return X
 
     def _solve(self, B: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
@@ -126,6 +144,17 @@ class Curvature:
     def _accuracy_fix(self) -> str:
         """What to change when a solve misses its tolerance, in argument terms (per solver)."""
         return "add damping or use another solver"
+
+    def _judge_damping(self) -> None:
+        """``_check_damping`` with λ_max from Lanczos on the undamped products, stopped as soon as its
+        Ritz value (≤ λ_max) proves damping ≤ DAMPING_DOMINATES·λ_max: usually after one product.
+        ``diagnostics["damping_ratio"]`` is then an upper bound of λ/λ_max."""
+        if self.damping == 0:
+            return
+        obj = self._fitted()
+        with self.held_products():
+            top = lanczos(self.undamped, obj.p, obj.theta, ends="largest", stop_above=self.damping / DAMPING_DOMINATES)
+        self._check_damping(top.largest)
 
     def _check_damping(self, top_eigenvalue: float) -> None:
         """Warn when damping swamps the curvature (λ > DAMPING_DOMINATES · λ_max(H)): then
@@ -181,12 +210,15 @@ def lanczos(
     seed: int = 0,
     ends: str = "both",
     stop_ratio: float = 0.0,
+    stop_above: float = math.inf,
 ) -> SpectrumEstimate:
     """Extreme eigenvalues of a symmetric operator by Lanczos with full reorthogonalisation.
 
     Stops when the Ritz-residual bound of each wanted end (``ends`` = ``"both"`` or ``"largest"``)
-    is within ``rtol`` of its value, after ``max_steps`` matvecs, or as soon as 0 < smallest <
-    ``stop_ratio`` · largest (then λ_max/λ_min is proven above 1/``stop_ratio``).
+    is within ``rtol`` of its value, after ``max_steps`` matvecs, as soon as 0 < smallest <
+    ``stop_ratio`` · largest (then λ_max/λ_min is proven above 1/``stop_ratio``), or as soon as
+    largest ≥ ``stop_above`` (then λ_max ≥ ``stop_above`` is proven: Ritz values lie inside the
+    spectrum; ``converged`` is False then).
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     q = torch.randn(p, generator=gen, dtype=like.dtype).to(like.device)
@@ -212,7 +244,7 @@ def lanczos(
         done = b <= 1e-12 * max(abs(theta[0]), abs(theta[-1]), 1e-300)  # invariant subspace: exact
         if done or (top_ok and (ends == "largest" or low_ok)):
             return SpectrumEstimate(theta[0].item(), theta[-1].item(), k + 1, True)
-        if 0 < theta[0] < stop_ratio * theta[-1]:
+        if 0 < theta[0] < stop_ratio * theta[-1] or theta[-1] >= stop_above:
             break
         beta.append(b)
         q = w / b

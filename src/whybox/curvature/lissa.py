@@ -99,8 +99,9 @@ class LiSSA(Curvature):
         # the smallest λ_min/scale a default depth can afford: (1 − c)^max_depth = ROUND_CONTRACTION
         self._min_ratio = 1 - ROUND_CONTRACTION ** (1 / self.max_depth)
         auto = self.scale is None and self.depth is None
-        spectrum = lanczos(self.matvec, objective.p, objective.theta, seed=self.seed,
-                           stop_ratio=self.scale_margin * self._min_ratio if auto else 0.0)
+        with self.held_products():  # ∇R's graph built once for all the Lanczos products
+            spectrum = lanczos(self.matvec, objective.p, objective.theta, seed=self.seed,
+                               stop_ratio=self.scale_margin * self._min_ratio if auto else 0.0)
         low, top = spectrum.smallest, spectrum.largest
         self.diagnostics.update(
             min_eigenvalue=low, max_eigenvalue=top, condition_number=top / low if low > 0 else None,
@@ -112,8 +113,7 @@ class LiSSA(Curvature):
                 + f" (LiSSA then needs damping ≥ {self._fitting_damping(low, top):.2g} to fit max_depth="
                 f"{self.max_depth}; or use {alternative_solver(objective.p)} with damping)"
             )
-        if self.damping > 0:  # judged on H itself: λ_max(H) is lost in the rounding of λ_max(H) + damping
-            self._check_damping(lanczos(self.undamped, objective.p, objective.theta, ends="largest").largest)
+        self._judge_damping()  # on H itself: λ_max(H) is lost in the rounding of λ_max(H) + damping
         self._scale = self.scale or self.scale_margin * top
         # error factor per step: the worse of the two ends (the top only matters for a given scale)
         contraction = max(1 - low / self._scale, abs(1 - top / self._scale))

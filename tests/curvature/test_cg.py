@@ -1,0 +1,131 @@
+"""Block conjugate gradients: the exact answer with every preconditioner, all right-hand sides at
+once (dependent and zero ones included), against a dense solve of the autograd Hessian."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import whybox
+from whybox.curvature import CG, NotPositiveDefiniteError
+from whybox.curvature.base import lanczos
+
+DAMPING = 0.01
+
+
+@pytest.fixture(scope="module")
+def mlp_problem(iris_mlp):
+    """(objective, dense H + λI from torch.autograd, 5 test gradients)."""
+    d, obj = iris_mlp
+    H = torch.autograd.functional.hessian(lambda th: obj.risk(th), obj.theta)
+    A = 0.5 * (H + H.T) + DAMPING * torch.eye(obj.p, dtype=obj.dtype)
+    return obj, A, obj.grads(d.X_test[:5], d.y_test[:5])
+
+
+def _preconditioner(name, A):
+    if name == "cholesky":  # the factor of a nearby SPD matrix, as a caller with H at other θ would pass
+        return torch.linalg.cholesky(A + 0.1 * torch.eye(len(A), dtype=A.dtype))
+    if name == "kfac":
+        return whybox.KFAC(damping=DAMPING)
+    return name
+
+
+@pytest.mark.parametrize("name", [None, "gradients", "cholesky", "kfac"])
+def test_block_cg_equals_the_dense_solve_with_every_preconditioner(mlp_problem, name):
+    obj, A, V = mlp_problem
+    solver = CG(damping=DAMPING, preconditioner=_preconditioner(name, A)).fit(obj)
+    X = solver.solve(V)
+    torch.testing.assert_close(X, torch.linalg.solve(A, V.T).T, rtol=1e-7, atol=1e-9)
+    true = ((X @ A - V).norm(dim=1) / V.norm(dim=1)).max().item()
+    assert solver.diagnostics["relative_residual"] == pytest.approx(true, rel=1e-4, abs=1e-14)
+    assert true <= 1e-9 and solver.diagnostics["converged"]
+    assert solver.diagnostics["hvps"] <= 5 * solver.diagnostics["iterations"]
+    assert isinstance(solver.diagnostics["preconditioner"], str)
+
+
+def test_preconditioning_with_the_training_gradients_saves_iterations(digits_lr):
+    d, obj = digits_lr
+    V = obj.grads(d.X_test[:5], d.y_test[:5])
+    exact = torch.linalg.solve(obj.hessian(), V.T).T
+    plain = CG(rtol=1e-8, preconditioner=None).fit(obj)
+    pre = CG(rtol=1e-8).fit(obj)
+    for solver in (plain, pre):
+        X = solver.solve(V)
+        assert ((X - exact).norm(dim=1) / exact.norm(dim=1)).max() < 1e-6
+    assert pre.diagnostics["iterations"] < plain.diagnostics["iterations"]
+    assert "largest of 1200 training gradients" in pre.diagnostics["preconditioner"]
+
+
+def test_block_takes_no_more_iterations_than_its_slowest_column(mlp_problem):
+    obj, A, V = mlp_problem
+    single = []
+    for v in V:
+        solver = CG(damping=DAMPING, preconditioner=None).fit(obj)
+        solver.solve(v[None])
+        single.append(solver.diagnostics["iterations"])
+    block = CG(damping=DAMPING, preconditioner=None).fit(obj)
+    block.solve(V)
+    assert block.diagnostics["iterations"] <= max(single)
+
+
+def test_dependent_and_zero_right_hand_sides_do_not_break_the_block(mlp_problem):
+    obj, A, V = mlp_problem
+    B = torch.stack([V[0], V[1], V[0] + V[1], 3 * V[0], torch.zeros_like(V[0]), V[2]])
+    solver = CG(damping=DAMPING).fit(obj)
+    X = solver.solve(B)
+    torch.testing.assert_close(X, torch.linalg.solve(A, B.T).T, rtol=1e-7, atol=1e-9)
+    assert torch.equal(X[4], torch.zeros_like(X[4]))
+    assert solver.diagnostics["converged"]
+
+
+def test_gradients_preconditioner_samples_rows_when_the_gradients_do_not_fit(iris_mlp, mlp_problem):
+    d, obj = iris_mlp
+    _, A, V = mlp_problem
+    tight = whybox.Objective(obj.model, "cross_entropy", obj.X, obj.y, weight_decay=0.01, cache_bytes=1)
+    solver = CG(damping=DAMPING, preconditioner_rank=16).fit(tight)
+    torch.testing.assert_close(solver.solve(V), torch.linalg.solve(A, V.T).T, rtol=1e-7, atol=1e-9)
+    assert "16 random training gradients" in solver.diagnostics["preconditioner"]
+    assert tight._train_grads is None  # nothing cached beyond the sampled rows
+
+
+def test_negative_curvature_in_the_block_raises(iris_mlp):
+    d, _ = iris_mlp
+    model = whybox.zoo.mlp(d.n_features, d.n_classes, hidden=(8,))  # untrained: a saddle region
+    obj = whybox.Objective(model, "cross_entropy", d.X_train, d.y_train)
+    with pytest.raises(NotPositiveDefiniteError, match=r"not positive definite.*CG\(damping="):
+        CG(preconditioner=None).fit(obj).solve(obj.grads(d.X_test[:5], d.y_test[:5]))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(preconditioner="fisher"), "preconditioner must be one of"),
+    (dict(preconditioner=torch.eye(3)[:2]), r"preconditioner must be a square \[p, p\] Cholesky factor"),
+    (dict(preconditioner_rank=0), "preconditioner_rank must be >= 1"),
+])
+def test_bad_preconditioner_arguments_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CG(**kwargs)
+
+
+def test_cholesky_preconditioner_of_the_wrong_size_is_refused(iris_mlp):
+    _, obj = iris_mlp
+    with pytest.raises(ValueError, match=rf"preconditioner is 3x3 but p = {obj.p}"):
+        CG(preconditioner=torch.eye(3, dtype=obj.dtype)).fit(obj)
+
+
+def test_lanczos_stops_once_the_top_is_proven_above_a_bound():
+    D = torch.linspace(1.0, 100.0, 50, dtype=torch.float64)
+    matvec = lambda V: V * D  # noqa: E731
+    like = torch.zeros(1, dtype=torch.float64)
+    early = lanczos(matvec, 50, like, ends="largest", stop_above=0.5)
+    assert early.steps == 1 and not early.converged and early.largest <= 100.0
+    full = lanczos(matvec, 50, like, ends="largest", rtol=1e-8)
+    assert full.largest == pytest.approx(100.0, rel=1e-6)
+
+
+def test_a_fitted_cg_pickles_and_solves_the_same(mlp_problem):
+    import pickle
+
+    obj, A, V = mlp_problem
+    solver = CG(damping=DAMPING).fit(obj)
+    X = solver.solve(V)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(solver)).solve(V), X)
