@@ -5,9 +5,21 @@
     python benchmarks/bench_kfac.py --methods projected --proj-dim 32   # only the projected method
     python benchmarks/bench_kfac.py --quick            # n = 2,000, 20 test points (a smoke run)
     python benchmarks/bench_kfac.py --methods EKFAC --ekfac-rank-tolerance 0 0.03 0.01   # EK-FAC scoring routes
+    python benchmarks/bench_kfac.py --task transformer --proj-dim 16 --check-rows 300
+                                                       # the zoo's transformer text classifier, n = 10,000
 
-Synthetic data (a 10-class Gaussian mixture in 256 dimensions, no downloads), a ReLU MLP trained
-for a few epochs with Adam in float32 (not at a minimum: the Gauss-Newton curvature is PSD anyway).
+Tasks (synthetic, built in code, no downloads; trained for a few epochs with Adam in float32, not
+at a minimum: the Gauss-Newton curvature is PSD anyway):
+
+* ``mlp``: a 10-class Gaussian mixture in 256 dimensions, a ReLU MLP 256-512-10 (136,714 params),
+  all parameters explained, chunks of 2,048 rows.
+* ``transformer``: ``zoo.make_token_sequences`` (vocab 1,000, length 32, 4 classes: the class is
+  the marker bigram a sequence contains) and ``zoo.transformer_classifier`` (4 post-norm encoder
+  layers, d_model 128, 4 heads, feed-forward 512: 925,700 params), trained ``--train-epochs``
+  epochs; explained: the 527,364 parameters of its Linear layers, ``params=whybox.factorable_params(model)``
+  (attention projections, embeddings and LayerNorms frozen), chunks of 256 rows. The trained task
+  is kept in ``--out`` and reused by later runs with the same sizes.
+
 Each method runs in a fresh process (its own peak RSS):
 
 * total = ``KFACInfluence(obj, KFAC()/EKFAC()).fit()`` + ``scores`` of the test points against all
@@ -48,32 +60,81 @@ import whybox
 from whybox.utils import machine_info, markdown_table
 
 N_FEATURES, HIDDEN, N_CLASSES = 256, 512, 10
+TRANSFORMER_DECAY, TRANSFORMER_BATCH = 1e-4, 256
 
 
-def make_task(n: int, n_test: int, seed: int = 0) -> dict:
-    """Gaussian-mixture data and a ReLU MLP trained on it for 3 epochs (float32)."""
+def make_task(task: str, n: int, n_test: int, seed: int = 0, train_epochs: int = 3) -> dict:
+    """The task's data and trained model (see the module text)."""
+    if task == "mlp":
+        return make_mlp_task(n, n_test, seed)
+    from whybox import zoo
+
+    d = zoo.make_token_sequences(n_train=n, n_test=n_test, seed=seed)
+    model = zoo.transformer_classifier(seed=seed)
+    history = zoo.train_adam(model, d.X_train, d.y_train, epochs=train_epochs, lr=1e-3, batch_size=TRANSFORMER_BATCH,
+                             weight_decay=TRANSFORMER_DECAY, seed=seed)
+    with torch.no_grad():
+        acc = (model(d.X_test).argmax(1) == d.y_test).float().mean().item()
+    return {"task": task, "state": model.state_dict(), "X": torch.cat([d.X_train, d.X_test]),
+            "y": torch.cat([d.y_train, d.y_test]), "n": n, "test_accuracy": acc, "train_losses": history}
+
+
+def build(task: dict) -> tuple[nn.Module, dict]:
+    """The trained model and the Objective's keyword arguments of a task."""
+    if task.get("task", "mlp") == "mlp":
+        model = nn.Sequential(nn.Linear(N_FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, N_CLASSES))
+        kw = {"weight_decay": 1e-3}
+    else:
+        from whybox import zoo
+
+        model = zoo.transformer_classifier()
+        kw = {"weight_decay": TRANSFORMER_DECAY, "params": whybox.factorable_params(model), "batch_size": TRANSFORMER_BATCH}
+    model.load_state_dict(task["state"])
+    model.eval()
+    return model, kw
+
+
+def make_data(n: int, n_test: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    """``n + n_test`` rows of a 10-class Gaussian mixture in 256 dimensions, and the generator in the
+    state training continues from (its minibatch order)."""
     gen = torch.Generator().manual_seed(seed)
     means = 0.15 * torch.randn(N_CLASSES, N_FEATURES, generator=gen)
     y = torch.randint(0, N_CLASSES, (n + n_test,), generator=gen)
     X = means[y] + torch.randn(n + n_test, N_FEATURES, generator=gen)
+    return X, y, gen
+
+
+def train_mlp(X: torch.Tensor, y: torch.Tensor, gen: torch.Generator, seed: int = 0, record=None) -> nn.Module:
+    """The ReLU MLP trained on (X, y) for 3 epochs of Adam (lr 1e-3, L2 1e-3, batches of 256), its
+    initialisation seeded by ``seed`` and its minibatch order drawn from ``gen``; ``record``
+    (a ``whybox.CheckpointRecorder``) receives the parameters after every epoch."""
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(N_FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, N_CLASSES))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-3)
     for _ in range(3):
-        for i in torch.randperm(n, generator=gen).split(256):
+        for i in torch.randperm(len(X), generator=gen).split(256):
             opt.zero_grad()
             nn.functional.cross_entropy(model(X[i]), y[i]).backward()
             opt.step()
+        if record is not None:
+            record.record(model, lr=opt.param_groups[0]["lr"])
     model.eval()
+    return model
+
+
+def make_mlp_task(n: int, n_test: int, seed: int = 0, record=None) -> dict:
+    """Gaussian-mixture data and a ReLU MLP trained on its first n rows for 3 epochs (float32)."""
+    X, y, gen = make_data(n, n_test, seed)
+    model = train_mlp(X[:n], y[:n], gen, seed, record)
     with torch.no_grad():
         acc = (model(X[n:]).argmax(1) == y[n:]).float().mean().item()
-    return {"state": model.state_dict(), "X": X, "y": y, "n": n, "test_accuracy": acc}
+    return {"task": "mlp", "state": model.state_dict(), "X": X, "y": y, "n": n, "test_accuracy": acc}
 
 
-def epoch_seconds(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch: int) -> float:
-    """One pass of forward+backward over (X, y) in chunks of ``batch`` rows, best of 3."""
+def epoch_seconds(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch: int, repeats: int = 3) -> float:
+    """One pass of forward+backward over (X, y) in chunks of ``batch`` rows, best of ``repeats``."""
     times = []
-    for _ in range(3):
+    for _ in range(repeats):
         start = time.perf_counter()
         for i in range(0, len(X), batch):
             model.zero_grad()
@@ -120,15 +181,13 @@ def run_method(path: str, method: str, args: argparse.Namespace, queue) -> None:
     torch.set_num_threads(args.threads)
     task = torch.load(path, weights_only=False)
     n = task["n"]
-    model = nn.Sequential(nn.Linear(N_FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, N_CLASSES))
-    model.load_state_dict(task["state"])
-    model.eval()
+    model, kw = build(task)
     X, y, Xt, yt = task["X"][:n], task["y"][:n], task["X"][n:], task["y"][n:]
-    obj = whybox.Objective(model, "cross_entropy", X, y, weight_decay=1e-3)
+    obj = whybox.Objective(model, "cross_entropy", X, y, **kw)
     start = time.perf_counter()
     obj.losses(X[:2], y[:2])  # torch.func's once-per-process warm-up (vmap of the loss), reported apart
     warm_up = time.perf_counter() - start
-    epoch = epoch_seconds(model, X, y, obj.batch_size)
+    epoch = epoch_seconds(model, X, y, obj.batch_size, args.epoch_repeats)
     for p in model.parameters():
         p.grad = None
     base = rss_mib()
@@ -196,22 +255,45 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each run")
     ap.add_argument("--check-rows", type=int, default=500, help="training rows for the slow-way agreement")
     ap.add_argument("--quick", action="store_true", help="n = 2,000 and 20 test points")
+    ap.add_argument("--task", choices=["mlp", "transformer"], default="mlp", help="see the module text")
+    ap.add_argument("--train-epochs", type=int, default=3, help="transformer: epochs of Adam")
+    ap.add_argument("--epoch-repeats", type=int, default=3, help="the epoch time is the best of this many passes")
     ap.add_argument("--out", default="whybox-out/bench_kfac")
     args = ap.parse_args()
     if args.quick:
         args.n, args.tests, args.check_rows = [2000], 20, 200
     torch.set_num_threads(args.threads)
     print(machine_info())
-    print(f"MLP {N_FEATURES}-{HIDDEN}-{N_CLASSES} (ReLU, float32, {N_FEATURES * HIDDEN + HIDDEN + HIDDEN * N_CLASSES + N_CLASSES:,} "
-          f"params), {args.tests} test points, weight decay 1e-3, damping {args.damping:g}, {args.threads} thread(s)")
+    if args.task == "mlp":
+        print(f"MLP {N_FEATURES}-{HIDDEN}-{N_CLASSES} (ReLU, float32, {N_FEATURES * HIDDEN + HIDDEN + HIDDEN * N_CLASSES + N_CLASSES:,} "
+              f"params), {args.tests} test points, weight decay 1e-3, damping {args.damping:g}, {args.threads} thread(s)")
+    else:
+        from whybox import zoo
+
+        model = zoo.transformer_classifier()
+        explained = sum(p.numel() for name, p in model.named_parameters() if name in whybox.factorable_params(model))
+        print(f"transformer classifier (zoo.transformer_classifier: 4 layers, d_model 128, float32, "
+              f"{sum(p.numel() for p in model.parameters()):,} params, {explained:,} explained: its Linear layers), "
+              f"sequences of 32 tokens, {args.tests} test points, weight decay {TRANSFORMER_DECAY:g}, damping "
+              f"{args.damping:g}, {args.threads} thread(s), chunks of {TRANSFORMER_BATCH}")
     ctx = mp.get_context("spawn")
     rows = []
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.n:
-            task = make_task(n, args.tests)
-            print(f"n = {n:,}: trained, test accuracy {task['test_accuracy']:.3f}", flush=True)
-            path = str(Path(tmp) / f"task{n}.pt")
-            torch.save(task, path)
+            kept = out / f"task_{args.task}_n{n}_m{args.tests}_e{args.train_epochs}.pt"
+            if args.task == "transformer" and kept.exists():
+                path, task = str(kept), torch.load(kept, weights_only=False)
+                print(f"n = {n:,}: trained task reused from {kept}", end="")
+            else:
+                start = time.perf_counter()
+                task = make_task(args.task, n, args.tests, train_epochs=args.train_epochs)
+                print(f"n = {n:,}: trained in {time.perf_counter() - start:.0f} s", end="")
+                path = str(kept if args.task == "transformer" else Path(tmp) / f"task{n}.pt")
+                torch.save(task, path)
+            losses = ", ".join(f"{v:.3f}" for v in task.get("train_losses", []))
+            print(f", test accuracy {task['test_accuracy']:.3f}" + (f", training loss by epoch {losses}" if losses else ""), flush=True)
             for method in [f"EKFAC:{t:g}" if m == "EKFAC" else m for m in args.methods
                            for t in (args.ekfac_rank_tolerance if m == "EKFAC" else [None])]:
                 queue = ctx.Queue()
@@ -231,9 +313,8 @@ def main() -> None:
                 slope = np.log(b["total s"] / a["total s"]) / np.log(sizes[-1] / sizes[0])
                 print(f"{method}: log-log slope of total time in n ({sizes[0]} -> {sizes[-1]}) = {slope:.2f}; "
                       f"peak RSS {a['peak RSS MiB']:.0f} -> {b['peak RSS MiB']:.0f} MiB")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_kfac.json").write_text(json.dumps({"machine": machine_info(), "rows": rows}, indent=1))
+    name = "bench_kfac.json" if args.task == "mlp" else f"bench_kfac_{args.task}.json"
+    (out / name).write_text(json.dumps({"machine": machine_info(), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
     PYTHONPATH=src python benchmarks/bench_mnist.py fig2 [--only lr|cnn] [--lr-top 30 --lr-random 30 ...]
     PYTHONPATH=src python benchmarks/bench_mnist.py attack [options of `whybox attack`]
+    PYTHONPATH=src python benchmarks/bench_mnist.py attack-all [--model network|logistic --workers 2]
     PYTHONPATH=src python benchmarks/bench_mnist.py attack-why [--targets 5 --budgets ... --sizes ...]
+    PYTHONPATH=src python benchmarks/bench_mnist.py svm-margins [--temperatures 1,0.001]
     PYTHONPATH=src python benchmarks/bench_mnist.py mislabeled [options of `whybox mislabeled`]
     PYTHONPATH=src python benchmarks/bench_mnist.py compare [options of `whybox compare`]
 
@@ -13,12 +15,18 @@ attack-why measures what limits the training-set attack at 28×28 (one perturbed
 the L∞ budget (the paper's continuous ±0.5 level, then integer budgets), and the training-set size.
 The other sub-commands run the verbs with --dataset mnist (and their MNIST defaults, which any option
 given overrides). Each prints machine and versions first; PNG and JSON go to --out.
+
+Defaults are sized to run in a few minutes on a 2-core CPU (measured times in docs/mnist.md); the paper's
+sizes by options: fig2 --lr-top 500 --lissa-repeats 10 --cnn-top 100; attack --targets 0 (all correct
+test points) --budgets 1,2,3,5,10; mislabeled --repeats 40 (the paper's Fig 6; it used Enron spam);
+compare --n-test 0 is not offered: the paper shows one test image (--n-test 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -67,6 +75,10 @@ def fig2_lr(a, panels: list, rows: list) -> None:
     acc = float((obj.predict(d.X_test)[0] == d.y_test).double().mean())
     print(f"\nMNIST logistic regression: n = {obj.n}, p = {obj.p}, w = 0.01, ‖∇R‖ = {res.grad_norm:.1e}, "
           f"test accuracy {acc:.3f}, trained in {time.perf_counter() - t:.0f} s", flush=True)
+    t = time.perf_counter()
+    exact = whybox.InfluenceFunction(obj, whybox.Exact()).fit()  # H formed from the layer inputs, Cholesky
+    print(f"  Exact: H ({obj.p}²) formed and factorised in {time.perf_counter() - t:.0f} s", flush=True)
+    newton = exact.curvature.cholesky if a.newton else None  # each leave-one-out retraining starts with Newton steps
     cg = whybox.InfluenceFunction(obj, whybox.CG(rtol=1e-10)).fit()
     lissa = whybox.InfluenceFunction(obj, whybox.LiSSA(
         scale=a.lissa_scale, depth=a.lissa_depth, repeats=a.lissa_repeats, batch_size=1, tail_average=False,
@@ -74,9 +86,12 @@ def fig2_lr(a, panels: list, rows: list) -> None:
     for j in _misclassified(obj, d.X_test, d.y_test, a.tests):
         x, y = d.X_test[j : j + 1], d.y_test[j : j + 1]
         t = time.perf_counter()
+        s_ex = exact.scores(x, y)[0]
+        t_ex = time.perf_counter() - t
+        t = time.perf_counter()
         s_cg = cg.scores(x, y)[0]
         t_cg = time.perf_counter() - t
-        subsets = {"top": torch.argsort(s_cg.abs(), descending=True)[: a.lr_top].tolist()}
+        subsets = {"top": torch.argsort(s_ex.abs(), descending=True)[: a.lr_top].tolist()}
         if a.lr_random:
             subsets["random"] = sorted(np.random.default_rng(a.seed + j).choice(obj.n, a.lr_random, replace=False).tolist())
         t = time.perf_counter()
@@ -87,14 +102,15 @@ def fig2_lr(a, panels: list, rows: list) -> None:
         diag = lissa.curvature.diagnostics
         for subset, idx in subsets.items():
             t = time.perf_counter()
-            actual = loo_ground_truth(obj, x, y, idx, tol=a.lr_tol, progress=PROGRESS)[0]
+            actual = loo_ground_truth(obj, x, y, idx, tol=a.lr_tol, progress=PROGRESS, newton=newton)[0]
             print(f"  test {j}: {len(idx)} leave-one-out retrainings ({subset}) in {time.perf_counter() - t:.0f} s", flush=True)
-            rows.append(_row("LR", "CG (rtol 1e-10)", j, subset, s_cg[idx], actual, t_cg,
+            rows.append(_row("LR", "Exact (Cholesky)", j, subset, s_ex[idx], actual, t_ex,
                              "on the diagonal (top 500)" if subset == "top" else "-"))
+            rows.append(_row("LR", "CG (rtol 1e-10)", j, subset, s_cg[idx], actual, t_cg, "-"))
             rows.append(_row("LR", f"LiSSA r={a.lissa_repeats} t={a.lissa_depth} scale={a.lissa_scale:g}", j, subset,
                              s_li[idx], actual, t_li, "on the diagonal, r=10 t=5000" if subset == "top" else "-"))
             if subset == "top" and j == _misclassified(obj, d.X_test, d.y_test, 1)[0]:
-                panels.append(("LR, CG", s_cg[idx].numpy(), actual.numpy()))
+                panels.append(("LR, Exact", s_ex[idx].numpy(), actual.numpy()))
                 panels.append((f"LR, LiSSA (r={a.lissa_repeats}, t={a.lissa_depth})", s_li[idx].numpy(), actual.numpy()))
         print(f"  CG residual {cg.curvature.diagnostics.get('relative_residual', float('nan')):.1e}; LiSSA residual "
               f"{diag.get('relative_residual', float('nan')):.2f} (H eigenvalues {diag['min_eigenvalue']:.3g} … "
@@ -139,6 +155,8 @@ def fig2(argv: list[str]) -> None:
     ap.add_argument("--lr-top", type=int, default=20, help="LR: most influential points by |CG score| (paper: 500)")
     ap.add_argument("--lr-random", type=int, default=20, help="LR: random training points (0 = none)")
     ap.add_argument("--lr-tol", type=float, default=1e-8, help="LR: ‖∇R‖ each leave-one-out retraining reaches")
+    ap.add_argument("--no-newton", dest="newton", action="store_false",
+                    help="LR: retrain with L-BFGS alone (default: Newton steps with H(θ̂)'s Cholesky factor first)")
     ap.add_argument("--lissa-repeats", type=int, default=1, help="LiSSA r (paper: 10)")
     ap.add_argument("--lissa-depth", type=int, default=5000, help="LiSSA t (paper: 5,000)")
     ap.add_argument("--lissa-scale", type=float, default=25.0, help="LiSSA scale (paper: 25)")
@@ -146,7 +164,7 @@ def fig2(argv: list[str]) -> None:
     ap.add_argument("--cnn-iter", type=int, default=150, help="CNN: L-BFGS iterations (stopped before convergence)")
     ap.add_argument("--cnn-weight-decay", type=float, default=0.001, help="CNN: L2 weight decay (paper: 0.001)")
     ap.add_argument("--damping", type=float, default=0.01, help="CNN: Hessian damping (paper: 0.01)")
-    ap.add_argument("--cnn-top", type=int, default=30, help="CNN: most influential points retrained (paper: 100)")
+    ap.add_argument("--cnn-top", type=int, default=20, help="CNN: most influential points retrained (paper: 100)")
     ap.add_argument("--cnn-tests", type=int, default=1, help="CNN: misclassified test points")
     ap.add_argument("--cnn-retrain-iter", type=int, default=50, help="CNN: L-BFGS iterations per retraining from θ̃")
     ap.add_argument("--seed", type=int, default=0)
@@ -275,23 +293,112 @@ def attack_why(argv: list[str]) -> None:
     print(f"\nwrote {out / 'attack_why.json'}")
 
 
-VERB_DEFAULTS = {  # MNIST defaults of the verbs; options given on the command line come after and win
-    "attack": ["--dataset", "mnist", "--out", "whybox-out/mnist/attack"],
-    "mislabeled": ["--dataset", "mnist", "--out", "whybox-out/mnist/mislabeled"],
-    "compare": ["--dataset", "mnist", "--out", "whybox-out/mnist/compare"],
+def svm_margins(argv: list[str]) -> None:
+    """Why SmoothHinge t = 0.001 loses the RBF SVM's locality in `compare`: the test points' margins and
+    loss gradients, and how many training points have a loss gradient at all, for t = 1 and t = 0.001."""
+    ap = argparse.ArgumentParser(prog="bench_mnist.py svm-margins", description=svm_margins.__doc__)
+    ap.add_argument("--pair", default="1,7")
+    ap.add_argument("--tests", default="0,49,99,148,199", help="test rows (compare's 5 points on 1 vs 7)")
+    ap.add_argument("--temperatures", default="1,0.001")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    print(machine_info(), flush=True)
+    split = zoo.load("mnist", classes=tuple(int(v) for v in a.pair.split(",")))
+    idx = [int(v) for v in a.tests.split(",")]
+    for t in (float(v) for v in a.temperatures.split(",")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            obj, _ = zoo.rbf_svm(split, temperature=t)
+        margin = torch.where(split.y_test[idx] > 0, 1.0, -1.0).to(obj.dtype) * obj.outputs(split.X_test[idx]).reshape(-1)
+        g = obj.grads(split.X_test[idx], split.y_test[idx]).norm(dim=1)
+        live = int((obj.train_grads(slice(None)).norm(dim=1) > 1e-6).sum())
+        print(f"t = {t:g}: test margins y·f(x) {[round(v, 3) for v in margin.tolist()]}; ‖∇θL(z_test)‖ "
+              f"{[f'{v:.1e}' for v in g.tolist()]}; training points with ‖∇θL‖ > 1e-6: {live} of {obj.n}", flush=True)
+
+
+def _attack_shard(job: tuple) -> list[dict]:
+    """One worker of attack-all: build the model (seeded, the same in every worker) and attack its targets."""
+    model, rows, budgets, seed = job
+    cpu = time.process_time()
+    torch.set_num_threads(1)
+    from whybox.applications import attack as atk
+
+    split = zoo.load("mnist", classes=(1, 7), seed=seed)
+    if model == "network":
+        obj = zoo.frozen_network(split, zoo.pretrained_extractor(split, (1, 7), seed=seed, dataset="mnist")[0])[0]
+    else:
+        obj = zoo.pixel_logistic(split)[0]
+    one = atk.AttackSettings(step=0.02, epsilon=0.5, iterations=100, integer=False, select="pert")
+    settings = atk.SweepSettings(budgets=budgets, second_try=True, cumulative=True, attack=one)
+    if rows is None:  # the parent asks which rows to split
+        right = obj.predict(split.X_test)[0] == split.y_test
+        return [{"correct": torch.nonzero(right).reshape(-1).tolist(), "cpu": time.process_time() - cpu}]
+    sweep = atk.attack_each(obj, split.X_test, split.y_test, atk.PixelGrid.from_split(split), settings,
+                            progress=False, only=rows)
+    return [dict(r.__dict__, cpu=time.process_time() - cpu) for r in sweep.rows]
+
+
+def attack_all(argv: list[str]) -> None:
+    """The paper's protocol and counting on every correctly classified test point of 1 vs 7, the targets
+    split over worker processes (one thread each); rows merged (sums, and means weighted by attacks)."""
+    import multiprocessing as mp
+
+    ap = argparse.ArgumentParser(prog="bench_mnist.py attack-all", description=attack_all.__doc__)
+    ap.add_argument("--model", choices=["network", "logistic"], default="network")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--budgets", default="1,2,10")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N correct test points (0 = all)")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    print(machine_info(), flush=True)
+    budgets = tuple(int(v) for v in a.budgets.split(","))
+    start, cpu = time.perf_counter(), time.process_time()
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(a.workers) as pool:
+        probe = pool.map(_attack_shard, [(a.model, None, budgets, a.seed)])[0][0]
+        correct = probe["correct"]
+        if a.limit:
+            correct = correct[: a.limit]
+        shards = [correct[i :: a.workers] for i in range(a.workers)]
+        parts = pool.map(_attack_shard, [(a.model, sh, budgets, a.seed) for sh in shards if sh])
+    rows = []
+    for k_rows in zip(*parts):
+        n_att = sum(r["attacked"] for r in k_rows)
+        mean = lambda key: sum(r[key] * r["attacked"] for r in k_rows if r["attacked"]) / n_att if n_att else float("nan")  # noqa: E731
+        targets, flipped = sum(r["targets"] for r in k_rows), sum(r["flipped"] for r in k_rows)
+        rows.append({"images": k_rows[0]["n_points"], "flipped": f"{flipped}/{targets}", "rate": flipped / targets,
+                     "attacks": n_att, "mean L∞": mean("mean_linf"), "mean L2": mean("mean_l2"),
+                     "acc others before": mean("acc_others_before"), "acc others after": mean("acc_others_after"),
+                     "steps": mean("mean_iterations")})
+    print(f"\n## Training-set attack, the paper's protocol and counting: {a.model}, MNIST 1 vs 7, {len(correct)} "
+          f"correctly classified test points, each attacked on its own (α 0.02, ±0.5 levels, 100 steps)\n")
+    print(markdown_table(rows, ".3g"))
+    workers_cpu = probe["cpu"] + sum(part[0]["cpu"] for part in parts)
+    print(f"\nwall {time.perf_counter() - start:.0f} s; CPU {time.process_time() - cpu + workers_cpu:.0f} s "
+          f"({a.workers} worker processes, each building the model once)")
+
+
+VERB_DEFAULTS = {  # MNIST defaults of the verbs, sized to run in a few minutes here (docs/mnist.md has the paper's
+    # sizes); options given on the command line come after and win
+    "attack": ["--dataset", "mnist", "--targets", "5", "--multi", "3", "--out", "whybox-out/mnist/attack"],
+    "mislabeled": ["--dataset", "mnist", "--repeats", "2", "--solver", "ekfac", "--n-trusted", "50",
+                   "--acc-fractions", "0,0.1,0.2,0.3", "--out", "whybox-out/mnist/mislabeled"],
+    "compare": ["--dataset", "mnist", "--n-test", "5", "--out", "whybox-out/mnist/compare"],
 }
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("fig2", "attack-why", *VERB_DEFAULTS):
+    own = {"fig2": fig2, "attack-why": attack_why, "svm-margins": svm_margins, "attack-all": attack_all}
+    if len(sys.argv) < 2 or sys.argv[1] not in (*own, *VERB_DEFAULTS):
         sys.exit(__doc__)
     command, rest = sys.argv[1], sys.argv[2:]
-    if command in ("fig2", "attack-why"):
-        (fig2 if command == "fig2" else attack_why)(rest)
+    if command in own:
+        own[command](rest)
         return
     sys.path.insert(0, str(Path(__file__).parent))
     from _verb import run_verb
 
+    os.environ.setdefault("COLUMNS", "160")  # the verbs' tables at full width when written to a file
     sys.argv = [sys.argv[0], *VERB_DEFAULTS[command], *rest]
     torch.set_num_threads(1)
     run_verb(command)

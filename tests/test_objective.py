@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
 
 import whybox
@@ -132,3 +133,35 @@ def test_linear_head_hvp_equals_autograd(binary_lr, digits_lr):
     moved = digits_lr[1].with_theta(digits_lr[1].theta * 0.5)  # the cached output Hessians belong to θ̂
     V = torch.randn(2, moved.p, dtype=moved.dtype, generator=gen)
     torch.testing.assert_close(moved.hvp(V), _autograd_hvp(moved, V), rtol=1e-10, atol=1e-13)
+
+
+def test_linear_head_dense_hessian_equals_autograd(binary_lr, digits_lr):
+    """The GLM / last-layer dense H (one GEMM per output pair) equals autograd's full Hessian of R."""
+    d = zoo.load("digits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mlp, _ = zoo.train(zoo.mlp(d.n_features, d.n_classes), "cross_entropy", d.X_train[:200], d.y_train[:200],
+                           weight_decay=0.01, max_iter=50)
+    last = Objective(mlp.model, "cross_entropy", d.X_train[:200], d.y_train[:200],
+                     weight_decay={"2.weight": 0.01, "2.bias": 0.0}, params=["2."])
+    for obj in (binary_lr[1], digits_lr[1], last):
+        assert obj._linear_head() is not None
+        H = torch.autograd.functional.hessian(lambda th: obj.risk(th), obj.theta)
+        torch.testing.assert_close(obj.hessian(), 0.5 * (H + H.T), rtol=1e-10, atol=1e-12)
+
+
+def test_with_rows_replaces_only_those_rows_and_checks_them(binary_lr):
+    obj = binary_lr[1]
+    new = obj.X[[0, 1]] + 1.0
+    moved = obj.with_rows([3, 7], new)
+    assert torch.equal(moved.X[[3, 7]], new) and torch.equal(moved.X[:3], obj.X[:3]) and torch.equal(moved.y, obj.y)
+    assert not torch.equal(obj.X[3], new[0])  # the original is untouched
+    torch.testing.assert_close(moved.X, obj.with_data(torch.cat([obj.X[:3], new[:1], obj.X[4:7], new[1:], obj.X[8:]]), obj.y).X)
+    bad = new.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError):
+        obj.with_rows([3, 7], bad)
+    with pytest.raises(ValueError, match="shape"):
+        obj.with_rows([3], new)
+    with pytest.raises(ValueError, match="indices"):
+        obj.with_rows([obj.n, 0], new)

@@ -12,5 +12,6 @@ python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --no-deps -e .
 "$VENV/bin/pip" install --quiet --no-deps "dattri>=0.3" "kronfluence>=1.0.1" "captum>=0.9" "pyDVL>=0.10"
 "$VENV/bin/pip" install --quiet numpy scipy scikit-learn matplotlib tqdm jinja2 pillow pandas psutil accelerate einconv \
-  einops opt_einsum safetensors huggingface_hub pyDeprecate joblib deprecated more-itertools "numcodecs<0.16"
+  einops opt_einsum safetensors huggingface_hub pyDeprecate joblib deprecated more-itertools "numcodecs<0.16" \
+  "zarr>=3,<4" distributed  # pyDVL imports dask.distributed and zarr
 "$VENV/bin/python" -c "import whybox, dattri, kronfluence, captum, pydvl; print('benchmark venv ready:', '$VENV')"

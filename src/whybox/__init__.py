@@ -30,12 +30,14 @@ from whybox.curvature import (
                                 KFAC,
                                 Arnoldi,
                                 Curvature,
+                                DataInf,
                                 Exact,
                                 Identity,
                                 InaccurateSolveError,
                                 LiSSA,
                                 LiSSADivergenceError,
                                 NotPositiveDefiniteError,
+                                factorable_params,
                                 make_solver,
 )
 from whybox.engine import score_to_store
@@ -48,7 +50,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Objective", "Attributor", "SIGN_CONVENTION", "InfluenceFunction", "KFACInfluence", "ProjectedInfluence", "Curvature", "Exact", "CG",
-    "LiSSA", "Identity", "KFAC", "EKFAC", "Arnoldi", "make_solver", "SmoothHinge", "NotPositiveDefiniteError", "LiSSADivergenceError", "InaccurateSolveError", "adapters", "score_to_store",
+    "LiSSA", "Identity", "KFAC", "EKFAC", "Arnoldi", "DataInf", "factorable_params", "make_solver", "SmoothHinge", "NotPositiveDefiniteError", "LiSSADivergenceError", "InaccurateSolveError", "adapters", "score_to_store",
     "load_study", "Study", "DataSettings", "ModelSettings", "MethodSettings", "__version__",
     "GradientSimilarity", "EuclideanSimilarity", "TracIn", "CheckpointRecorder", "Representer", "FastIF", "GroupInfluence",
 ]

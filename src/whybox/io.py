@@ -369,6 +369,47 @@ def load_model(path: PathLike, code: PathLike | None = None, name: str | None = 
     return module.eval()
 
 
+def load_checkpoints(path: PathLike) -> tuple[list[dict[str, torch.Tensor]], list[float]]:
+    """Checkpoints of a training run for ``whybox.TracIn``: ``(state dicts, learning rates)``.
+
+    ``path`` is a file written by ``whybox.attribution.CheckpointRecorder.save`` (checkpoints with
+    their learning rates), one state-dict file, a folder of state-dict files (``*.pt``, ``*.pth``),
+    or a glob such as ``ckpt/epoch_*.pt``; plain state dicts get learning rate 1. Read with
+    ``weights_only=True``.
+    """
+    text = str(path)
+    if any(c in text for c in "*?["):
+        parent = Path(text).parent
+        files = sorted(parent.glob(Path(text).name)) if not any(c in str(parent) for c in "*?[") else []
+        if not files:
+            raise FileNotFoundError(f"no checkpoint files match {text} (a glob within one folder, e.g. ckpt/epoch_*.pt)")
+    else:
+        p = _exists(path, "checkpoints")
+        files = sorted(f for f in p.iterdir() if f.suffix in (".pt", ".pth")) if p.is_dir() else [p]
+        if not files:
+            raise FileNotFoundError(f"folder {p} holds no checkpoint files (*.pt, *.pth)")
+    checkpoints: list[dict[str, torch.Tensor]] = []
+    rates: list[float] = []
+    for f in files:
+        try:
+            data = torch.load(str(f), map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - corrupt or non-weights file
+            raise ValueError(f"checkpoint {f.name} cannot be read as weights ({one_line(err)}); save state dicts "
+                             "(torch.save(model.state_dict(), path)) or use whybox.attribution.CheckpointRecorder.save") from None
+        if isinstance(data, dict) and "checkpoints" in data and "learning_rates" in data:
+            checkpoints += list(data["checkpoints"])
+            rates += [float(v) for v in data["learning_rates"]]
+            continue
+        if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+            data = data["state_dict"]
+        if not isinstance(data, dict) or not data or not all(torch.is_tensor(v) for v in data.values()):
+            raise ValueError(f"checkpoint {f.name} is not a state dict (a dict of tensors) nor a "
+                             "CheckpointRecorder.save file; save model.state_dict() during training")
+        checkpoints.append(data)
+        rates.append(1.0)
+    return checkpoints, rates
+
+
 def import_user_file(code: PathLike, what: str = "model code"):
     """Run a user's Python file as a module (any exception becomes a one-line ValueError)."""
     c = _exists(code, what)

@@ -63,12 +63,13 @@ class ModelSettings(Settings):
 class MethodSettings(Settings):
     """How training points are scored."""
 
-    method: str = setting("Attributor: influence, projected, fastif, gradient_dot, gradient_cosine, euclidean, representer, or FILE.py:CLASS for your own whybox.Attributor subclass.", "influence")
-    solver: str = setting("Inverse-HVP solver of influence: auto (exact up to 5,000 parameters, else cg), exact, cg, lissa, identity, kfac, ekfac, arnoldi (top-100 eigenpairs).", "auto")
+    method: str = setting("Attributor: influence, projected, fastif, gradient_dot, gradient_cosine, euclidean, representer, tracin, or FILE.py:CLASS for your own whybox.Attributor subclass.", "influence")
+    solver: str = setting("Inverse-HVP solver of influence: auto (exact up to 5,000 parameters, else cg), exact, cg, lissa, identity, kfac, ekfac, arnoldi (top-100 eigenpairs), datainf (layer-wise closed form, Kwon et al. 2023).", "auto")
     damping: float = setting("Added to the Hessian's diagonal (needed for non-convex or non-converged models).", 0.0)
     curvature: str = setting("What the solver inverts: hessian (the paper's H) or ggn (Gauss-Newton: positive semi-definite at any θ, for networks not at a minimum; = H for linear models). kfac/ekfac are always Gauss-Newton.", "hessian")
     projection_dim: int = setting("Method projected: each factored layer's gradient is projected to projection_dim × projection_dim (inputs × outputs).", 32)
     ekfac_rank_tolerance: float = setting("Solver ekfac: score through a low-rank approximation of each layer's EK-FAC inverse, its rank the smallest whose estimated relative score error is at most this (measured on 16 training rows); 0 scores exactly (dense solved test gradients).", 1e-2)
+    checkpoints: Path | None = setting("Method tracin with your own model: the checkpoints of its training run — a file saved by whybox.attribution.CheckpointRecorder (with learning rates), or a state-dict file, folder or glob such as 'ckpt/epoch_*.pt' (learning rate 1 each). Models whybox trains record their own.")
 
 
 def _influence(objective: Objective, method: MethodSettings) -> Attributor:
@@ -101,7 +102,24 @@ def _fastif(objective: Objective, method: MethodSettings) -> Attributor:
     return FastIF(_influence(objective, method).fit(), k=min(100, objective.n))
 
 
-def _builtin_methods() -> dict[str, Callable[[Objective, MethodSettings], Attributor]]:
+def _tracin(objective: Objective, method: MethodSettings, checkpoints: Sequence | None = None) -> Attributor:
+    """TracIn over the checkpoints in ``method.checkpoints`` (files), or over ``checkpoints`` that
+    whybox recorded while training the model itself (θ at each L-BFGS round, learning rate 1)."""
+    from whybox.attribution import TracIn
+
+    if method.checkpoints is not None:
+        from whybox.io import load_checkpoints
+
+        saved, rates = load_checkpoints(method.checkpoints)
+        return TracIn(objective, saved, rates)
+    if not checkpoints:
+        raise ValueError("method tracin needs the checkpoints of the model's training run: give checkpoints=PATH "
+                         "(a file saved by whybox.attribution.CheckpointRecorder, or a state-dict file, folder or "
+                         "glob saved during training); whybox records them itself only for the models it trains")
+    return TracIn(objective, list(checkpoints), learning_rates=1.0)
+
+
+def _builtin_methods() -> dict[str, Callable[..., Attributor]]:
     from whybox.attribution import EuclideanSimilarity, GradientSimilarity, Representer
 
     return {
@@ -112,17 +130,25 @@ def _builtin_methods() -> dict[str, Callable[[Objective, MethodSettings], Attrib
         "gradient_cosine": lambda objective, _: GradientSimilarity(objective, "cosine"),
         "euclidean": lambda objective, _: EuclideanSimilarity(objective, "input"),
         "representer": lambda objective, _: Representer(objective),
+        "tracin": _tracin,
     }
 
 
-METHODS: dict[str, Callable[[Objective, MethodSettings], Attributor]] = _builtin_methods()
-"""Built-in attributors by the name ``--method`` takes; each builds an unfitted attributor.
-TracIn needs the checkpoints of a training run, so it is built in Python (``whybox.TracIn``)."""
+METHODS: dict[str, Callable[..., Attributor]] = _builtin_methods()
+"""Built-in attributors by the name ``--method`` takes; each builds an unfitted attributor from
+``(objective, method_settings)``; ``tracin`` also takes the ``checkpoints`` whybox recorded."""
 
 
-def make_attributor(objective: Objective, method: MethodSettings) -> Attributor:
-    """A fitted attributor for ``objective`` from its settings (a ``METHODS`` name or ``FILE.py:CLASS``)."""
-    if method.method in METHODS:
+def make_attributor(objective: Objective, method: MethodSettings, checkpoints: Sequence | None = None) -> Attributor:
+    """A fitted attributor for ``objective`` from its settings (a ``METHODS`` name or ``FILE.py:CLASS``).
+
+    ``checkpoints``: θ saved while whybox trained the model itself (``zoo.train(checkpoints=[])``),
+    for ``tracin`` when ``method.checkpoints`` names no files."""
+    if method.checkpoints is not None and method.method != "tracin":
+        raise ValueError(f"checkpoints= is read by method tracin only, not {method.method!r}")
+    if method.method == "tracin":
+        attributor = _tracin(objective, method, checkpoints)
+    elif method.method in METHODS:
         attributor = METHODS[method.method](objective, method)
     elif ":" in method.method and method.method.split(":", 1)[0].endswith(".py"):
         from whybox.io import load_attributor_class
@@ -204,7 +230,7 @@ def load_study(
         prepared["X_test"], prepared["y_test"] = prepared["X_test"].to(model.device), prepared["y_test"].to(model.device)
     settings = {**data.to_dict(), **model.to_dict(), **method.to_dict(), **prepared.pop("settings")}
     settings["train_grad_norm"] = float(objective.risk_grad().norm())
-    attributor = make_attributor(objective, method)
+    attributor = make_attributor(objective, method, prepared.pop("checkpoints", None))
     settings.update(attributor.settings())
     return Study(attributor, settings=settings, **prepared)
 
@@ -224,9 +250,10 @@ def _reference_model(data: DataSettings, model: ModelSettings) -> dict[str, Any]
     net = zoo.logistic_regression(split.n_features, split.n_classes)
     loss = "logistic" if split.n_classes == 2 else "cross_entropy"
     weight_decay = 0.01 if model.weight_decay is None else model.weight_decay
-    objective, _ = zoo.train(net, loss, split.X_train, split.y_train, weight_decay=weight_decay)
+    checkpoints: list = []  # θ at each L-BFGS round (for method tracin)
+    objective, _ = zoo.train(net, loss, split.X_train, split.y_train, weight_decay=weight_decay, checkpoints=checkpoints)
     return dict(
-        objective=objective, X_test=split.X_test, y_test=split.y_test, name=split.name,
+        objective=objective, checkpoints=checkpoints, X_test=split.X_test, y_test=split.y_test, name=split.name,
         image_shape=split.image_shape, feature_names=split.feature_names, class_names=split.class_names,
         show_train=split.raw_train, show_test=split.raw_test,
         settings={"model_kind": "logistic regression (reference)", "loss": loss, "weight_decay": weight_decay},

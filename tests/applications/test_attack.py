@@ -151,6 +151,54 @@ def test_sweep_counts_and_frozen_network(split):
         assert 0 < row.mean_linf <= 2 and 0.9 < row.acc_others_before <= 1
 
 
+def test_paper_counting_either_of_two_images_then_cumulative(split, logistic):
+    """second_try: one image counts as a flip when the 1st *or* the 2nd ranked image alone flips the target
+    (test point 77 of digits 1 vs 7: only the 2nd does); cumulative: a flipped target is not attacked again,
+    and the 2-image row counts it. The counts are checked against the retrained attacks themselves."""
+    X, y = split.X_test[[77, 2]], split.y_test[[77, 2]]
+    one = AttackSettings(epsilon=8, step=2, iterations=6)
+    grid = PixelGrid.from_split(split)
+    paper = attack_each(logistic, X, y, grid, SweepSettings(budgets=(1, 2), second_try=True, cumulative=True, attack=one),
+                        progress=False)
+    first, second = paper.attacks[1][0], paper.attacks[1][1]
+    assert first.targets == second.targets == [0]
+    assert not first.all_flipped and second.all_flipped  # retrained ground truth, each image alone
+    ranked = attack_each(logistic, X, y, grid, SweepSettings(budgets=(2,), attack=one), progress=False).attacks[2][0]
+    assert [first.train_indices[0], second.train_indices[0]] == ranked.train_indices  # the top two, one at a time
+    assert [(r.n_points, r.attacked, r.flipped, r.targets) for r in paper.rows][0] == (1, 4, 1, 2)
+    assert [r.targets[0] for r in paper.attacks[2]] == [1]  # target 0 already flipped: not attacked with 2
+    assert paper.rows[1].flipped == 1 + paper.attacks[2][0].all_flipped
+    plain = attack_each(logistic, X, y, grid, SweepSettings(budgets=(1,), attack=one), progress=False)
+    assert plain.rows[0].flipped == 0 and plain.rows[0].attacked == 2  # the 1st image alone flips neither
+
+
+def test_newton_warm_start_does_not_change_the_attack(split, logistic, monkeypatch):
+    """The default attack (H(θ̂) factorised once: Newton-started retraining, preconditioned CG) perturbs the
+    same pixels and reaches the same retrained model as plain L-BFGS retraining and plain CG."""
+    from whybox.applications import attack as attack_module
+
+    grid = PixelGrid.from_split(split)
+    settings = AttackSettings(n_points=2, epsilon=2, iterations=4, stop_when_flipped=False)
+    fast = attack(logistic, split.X_test, split.y_test, [3], grid, settings)
+    monkeypatch.setattr(attack_module, "NEWTON_MAX_PARAMS", 0)
+    plain = attack(logistic, split.X_test, split.y_test, [3], grid, settings)
+    assert np.array_equal(fast.raw_perturbed, plain.raw_perturbed)
+    assert fast.loss_after == pytest.approx(plain.loss_after, rel=1e-6)
+    torch.testing.assert_close(fast.theta, plain.theta, rtol=0, atol=1e-6)
+
+
+def test_only_attacks_exactly_the_given_correct_rows(split, logistic):
+    grid, one = PixelGrid.from_split(split), AttackSettings(iterations=1)
+    sweep = attack_each(logistic, split.X_test, split.y_test, grid, SweepSettings(budgets=(1,), attack=one),
+                        progress=False, only=[5, 2])
+    assert sweep.targets == [5, 2] and [r.targets[0] for r in sweep.attacks[1]] == [5, 2]
+    assert sweep.rows[0].targets == 2
+    y = split.y_test.clone()
+    y[3] = 1 - y[3]  # now row 3 is misclassified: it cannot be a target
+    with pytest.raises(ValueError, match="only"):
+        attack_each(logistic, split.X_test, y, grid, SweepSettings(budgets=(1,), attack=one), progress=False, only=[3])
+
+
 def test_bad_input(split, logistic):
     grid = PixelGrid.from_split(split)
     with pytest.raises(ValueError, match="step"):

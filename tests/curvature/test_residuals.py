@@ -110,3 +110,21 @@ def test_moderate_damping_does_not_warn(binary_lr, make):
 def test_tolerance_is_validated():
     with pytest.raises(ValueError, match=r"residual_tolerance must be in \(0, 1\)"):
         CG(residual_tolerance=0)
+
+
+def test_preconditioned_cg_gives_the_exact_answer_in_fewer_iterations(digits_lr):
+    """CG preconditioned with H at other parameters (θ̂·0.9) solves H(θ̂)x = v as Exact does, in fewer steps."""
+    obj = digits_lr[1]
+    V = obj.train_grads([0, 5, 9])
+    want = Exact().fit(obj).solve(V)
+    plain = CG(rtol=1e-10).fit(obj)
+    x_plain = plain.solve(V)
+    near = torch.linalg.cholesky(obj.with_theta(obj.theta * 0.9).hessian())
+    pcg = CG(rtol=1e-10, preconditioner=near).fit(obj)
+    x = pcg.solve(V)
+    torch.testing.assert_close(x, want, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(x_plain, want, rtol=1e-6, atol=1e-8)
+    assert pcg.diagnostics["iterations"] < plain.diagnostics["iterations"] / 3
+    assert dense_residual(obj, 0.0, V, x) < 1e-8
+    with pytest.raises(ValueError, match="preconditioner"):
+        CG(preconditioner=near[:5, :5]).fit(obj)

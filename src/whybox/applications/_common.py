@@ -2,12 +2,14 @@
 
 An application that trains its own models (mislabeled retrains for every repeat, mismatch trains
 on the generated data) needs a *recipe* for an attributor: an ``Attributor`` subclass (built as
-``cls(objective).fit()``) or a factory ``objective -> fitted Attributor``. An application handed
+``cls(objective).fit()``) or a factory ``objective -> fitted Attributor`` (one that also takes
+``checkpoints`` receives θ at each round of the model's training, for TracIn). An application handed
 a trained model (attack) also takes an attributor already fitted on it.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Union
 
@@ -30,7 +32,21 @@ def method_factory(solver: str = "auto", damping: float = 0.0, method: str = "in
     if method not in METHODS and ":" not in method:
         raise ValueError(f"unknown method {method!r}; use one of {sorted(METHODS)} or FILE.py:CLASS")
     settings = MethodSettings(method=method, solver=solver, damping=damping)
-    return lambda objective: make_attributor(objective, settings)
+
+    def build(objective: Objective, checkpoints: list | None = None) -> Attributor:
+        return make_attributor(objective, settings, checkpoints)
+
+    return build
+
+
+def build_for_run(factory: AttributorFactory, objective: Objective, checkpoints: list | None) -> Attributor:
+    """``factory(objective)``, also handing it the ``checkpoints`` of the training run that made the
+    model (θ at each L-BFGS round, for TracIn) when its signature takes ``checkpoints``."""
+    try:
+        takes = "checkpoints" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a callable without an inspectable signature
+        takes = False
+    return factory(objective, checkpoints=checkpoints) if takes else factory(objective)
 
 
 def as_factory(attributor: AttributorSpec, argument: str = "attributor") -> AttributorFactory:
@@ -50,8 +66,8 @@ def as_factory(attributor: AttributorSpec, argument: str = "attributor") -> Attr
         raise TypeError(f"{argument} must be a whybox.Attributor subclass or a factory objective -> Attributor; "
                         f"got {type(attributor).__name__}")
 
-    def build(objective: Objective) -> Attributor:
-        made = attributor(objective)
+    def build(objective: Objective, checkpoints: list | None = None) -> Attributor:
+        made = build_for_run(attributor, objective, checkpoints)
         if not isinstance(made, Attributor):
             raise TypeError(f"{argument} returned {type(made).__name__}, not a whybox.Attributor")
         return made

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from whybox import zoo
 from whybox.applications._common import AttributorSpec, bind
 from whybox.attribution import Attributor
-from whybox.curvature import Curvature, make_solver
+from whybox.curvature import CG, Curvature, make_solver
 from whybox.influence import InfluenceFunction
 from whybox.objective import Objective
 from whybox.settings import Settings, setting
@@ -138,6 +138,8 @@ class SweepSettings(Settings):
     max_targets: int | None = setting("Attack at most this many correctly classified test points (a seeded random subset; None = all).")
     seed: int = setting("Seed of the target subset.", 0)
     attack: AttackSettings = setting("Each attack's settings; its n_points is replaced by each budget.", factory=AttackSettings)
+    second_try: bool = setting("With one image, also attack with the second-ranked image alone: a target counts as flipped by one image when either flips it (the paper's code).", False)
+    cumulative: bool = setting("Run the budgets in increasing order and stop at the first that flips the target (the paper's code): a row counts the targets flipped with at most that many images. False: every budget is run and counted on its own.", False)
 
     def __post_init__(self) -> None:
         self.budgets = tuple(int(k) for k in self.budgets)
@@ -227,6 +229,38 @@ def _labels01(objective: Objective, y: torch.Tensor) -> torch.Tensor:
     return y if objective.loss_name == "cross_entropy" else y.clamp_min(0)
 
 
+NEWTON_MAX_PARAMS = 5_000  # attack() forms H(θ̂) and factorises it up to this many parameters
+
+
+def _sign(grad: torch.Tensor, rel: float = 1e-6) -> torch.Tensor:
+    """sign() per image, with components below ``rel`` × the image's largest set to 0: pixels the
+    model ignores (constant in the training data, so their weights are ~0) get a gradient of
+    rounding noise, whose sign would move them at random."""
+    tiny = grad.abs() <= rel * grad.abs().amax(dim=1, keepdim=True)
+    return torch.sign(grad).masked_fill(tiny, 0)
+
+
+def newton_factor(objective: Objective, head: zoo.FrozenPrefix | None = None) -> torch.Tensor:
+    """The lower Cholesky factor of H(θ̂) (on the head's cached features when ``head`` is given: the
+    same matrix without running the frozen prefix)."""
+    H = (head.head_at(objective.theta, objective.y) if head is not None else objective).hessian()
+    return torch.linalg.cholesky(H)
+
+
+def pick_points(objective: Objective, X_target, y_target, select: str, n_points: int,
+                attributor: AttributorSpec | None = None, curvature: Curvature | None = None) -> list[int]:
+    """The training points an attack perturbs: ``select='pert'`` (largest ‖I_pert,loss‖₁) or ``'score'``
+    (largest |score| of ``attributor``), best first."""
+    curvature = curvature if curvature is not None else make_solver("cg", p=objective.p)
+    if select == "pert":
+        reuse = isinstance(attributor, InfluenceFunction) and attributor.objective is objective
+        inf0 = attributor if reuse else InfluenceFunction(objective, copy.deepcopy(curvature)).fit()
+        return select_by_pert(inf0, X_target, y_target, n_points)
+    if attributor is None:
+        attributor = InfluenceFunction(objective, copy.deepcopy(curvature)).fit()
+    return select_points(bind(attributor, objective), X_target, y_target, n_points)
+
+
 def attack(
     objective: Objective,
     X_test,
@@ -236,6 +270,8 @@ def attack(
     settings: AttackSettings | None = None,
     attributor: AttributorSpec | None = None,
     curvature: Curvature | None = None,
+    train_indices: Sequence[int] | None = None,
+    newton: torch.Tensor | None = None,
 ) -> AttackResult:
     """Perturb the ``settings.n_points`` training images with the largest |score| on the ``targets``
     rows of ``(X_test, y_test)`` to raise the targets' (mean) loss, retraining after each step.
@@ -250,7 +286,13 @@ def attack(
             I_pert,loss from influence functions at the current (retrained) parameters.
         curvature: the inverse-HVP solver for I_pert,loss, refitted each step (default ``CG()``: a
             step needs one solve, for the mean target gradient, so forming H every step, as ``Exact``
-            does, costs more: 1.2 s against 0.2 s for pixel logistic regression on MNIST 1 vs 7, p = 785).
+            does, costs more: 1.2 s against 0.2 s for pixel logistic regression on MNIST 1 vs 7, p = 785),
+            preconditioned with ``newton`` when that is given or computed.
+        train_indices: the training images to perturb (skips the selection; ``n_points`` is ignored).
+        newton: the lower Cholesky factor of H(θ̂) (``newton_factor``; computed here when None and
+            p ≤ 5,000). Each retraining starts with Newton steps with it and each CG solve is
+            preconditioned by it: the perturbations are small, so both take a few steps instead of
+            dozens. Retraining tolerance and CG residuals are unchanged.
     """
     settings = settings or AttackSettings()
     X, y = objective.check_data(X_test, y_test, "test")
@@ -260,20 +302,20 @@ def attack(
     start = time.perf_counter()
     Xt, yt = X[targets], y[targets]
     labels = _labels01(objective, yt)
-    curvature = curvature if curvature is not None else make_solver("cg", p=objective.p)
-    if settings.select == "pert":
-        reuse = isinstance(attributor, InfluenceFunction) and attributor.objective is objective
-        inf0 = attributor if reuse else InfluenceFunction(objective, copy.deepcopy(curvature)).fit()
-        idx = select_by_pert(inf0, Xt, yt, settings.n_points)
-    else:
-        if attributor is None:
-            attributor = InfluenceFunction(objective, copy.deepcopy(curvature)).fit()
-        idx = select_points(bind(attributor, objective), Xt, yt, settings.n_points)
-
-    X_train = objective.X.clone()
-    raw0 = grid.to_raw(X_train[idx])
-    raw = raw0.clone()
     head = zoo.FrozenPrefix.of(objective)  # retrain only the head on cached features when θ is the head
+    if newton is None and objective.p <= NEWTON_MAX_PARAMS:
+        newton = newton_factor(objective, head)
+    if curvature is None:
+        curvature = CG(preconditioner=newton) if newton is not None else make_solver("cg", p=objective.p)
+    if train_indices is not None:
+        idx = [int(i) for i in train_indices]
+        if not idx or min(idx) < 0 or max(idx) >= objective.n:
+            raise ValueError(f"train_indices must be indices in [0, {objective.n}), got {idx[:5]}")
+    else:
+        idx = pick_points(objective, Xt, yt, settings.select, settings.n_points, attributor, curvature)
+
+    raw0 = grid.to_raw(objective.X[idx])
+    raw = raw0.clone()
     before = objective.losses(Xt, yt)
     history: list[float] = []
     it = 0
@@ -282,13 +324,13 @@ def attack(
         inf = InfluenceFunction(current, curvature).fit() if head is None else (
             _HeadCurvatureInfluence(current, curvature, head.head_at(current.theta, objective.y)).fit())
         g = inf.pert_loss(Xt, yt, idx).mean(0)  # d(mean target loss)/d(training inputs), [k, *x]
-        new = grid.project(raw + settings.step * torch.sign(grid.raw_gradient(g)), raw0, settings.epsilon, settings.integer)
+        new = grid.project(raw + settings.step * _sign(grid.raw_gradient(g)), raw0, settings.epsilon, settings.integer)
         if torch.equal(new, raw):  # a fixed point: same data, same θ, same step from here on
             break
         raw = new
-        X_train[idx] = grid.to_model(raw, X_train[idx])
-        moved = current.with_data(X_train.clone(), objective.y)
-        theta = head.refit(moved, idx, settings.tol) if head else zoo.fit(moved, tol=settings.tol).theta  # warm start
+        moved = current.with_rows(idx, grid.to_model(raw, objective.X[idx]))
+        theta = (head.refit(moved, idx, settings.tol, newton=newton) if head else  # warm start
+                 zoo.fit(moved, tol=settings.tol, newton=newton).theta)
         current = moved.with_theta(theta)
         history.append(float(current.losses(Xt, yt).mean()))
         if settings.stop_when_flipped and not (current.predict(Xt)[0] == labels).any():
@@ -307,8 +349,9 @@ class SweepRow:
     """Flip statistics for one budget (number of perturbed training images)."""
 
     n_points: int
-    attacked: int
-    flipped: int
+    attacked: int  # attacks run with this many images (cumulative sweeps skip targets already flipped)
+    flipped: int  # targets flipped with this many images (at most this many when cumulative)
+    targets: int
     mean_linf: float
     mean_l2: float
     acc_others_before: float  # test accuracy on the non-target points, clean model (mean over attacks)
@@ -318,7 +361,7 @@ class SweepRow:
 
     @property
     def flip_rate(self) -> float:
-        return self.flipped / self.attacked if self.attacked else float("nan")
+        return self.flipped / self.targets if self.targets else float("nan")
 
 
 @dataclass
@@ -326,7 +369,7 @@ class Sweep:
     """Attacks on each correctly classified test point separately, for several budgets."""
 
     rows: list[SweepRow]
-    attacks: dict[int, list[AttackResult]]  # n_points -> one result per target
+    attacks: dict[int, list[AttackResult]]  # n_points -> the attacks run with that many images
     n_correct: int  # correctly classified test points (the candidates)
     targets: list[int]  # the attacked ones
     settings: SweepSettings
@@ -339,6 +382,17 @@ class Sweep:
                 "rows": [dict(r.__dict__, flip_rate=r.flip_rate) for r in self.rows]}
 
 
+def tries(budgets: Sequence[int], second_try: bool) -> list[tuple[int, slice]]:
+    """(budget, slice of the ranked training points) in the order they are attacked: the paper's code
+    runs the 1st image alone, the 2nd alone, then the top 2, 3, 5 and 10."""
+    out: list[tuple[int, slice]] = []
+    for k in sorted(set(budgets)):
+        out.append((k, slice(0, k)))
+        if k == 1 and second_try:
+            out.append((1, slice(1, 2)))
+    return out
+
+
 def attack_each(
     objective: Objective,
     X_test,
@@ -348,48 +402,76 @@ def attack_each(
     attributor: AttributorSpec | None = None,
     curvature: Curvature | None = None,
     progress: bool = True,
+    only: Sequence[int] | None = None,
 ) -> Sweep:
     """Attack every correctly classified test point on its own (a fresh training set each time), once
     per budget in ``settings.budgets``; ``settings.max_targets`` limits how many (a seeded random
-    subset). ``attributor`` and ``curvature`` as in ``attack``."""
+    subset). The training points are ranked once per target (``settings.attack.select``) and each
+    budget k perturbs the top k; ``second_try`` and ``cumulative`` reproduce the paper's counting.
+    ``attributor`` and ``curvature`` as in ``attack``; H(θ̂) is formed and factorised once for all
+    attacks when p ≤ 5,000 (``attack``'s ``newton``). ``only``: attack these test rows (each must be
+    classified correctly; ``max_targets`` is then ignored), e.g. one shard of the targets per process."""
     settings = settings or SweepSettings()
     X, y = objective.check_data(X_test, y_test, "test")
     right = objective.predict(X)[0] == _labels01(objective, y)
     correct = torch.nonzero(right).reshape(-1)
     n_correct = len(correct)
-    if settings.max_targets is not None and settings.max_targets < n_correct:
+    if only is not None:
+        wanted = torch.as_tensor([int(t) for t in only], dtype=torch.long).reshape(-1)
+        if len(wanted) and not bool(right[wanted].all()):
+            raise ValueError(f"only must list correctly classified test rows; {wanted[~right[wanted]].tolist()[:5]} are not")
+        correct = wanted
+    elif settings.max_targets is not None and settings.max_targets < n_correct:
         gen = torch.Generator().manual_seed(settings.seed)
         correct = correct[torch.randperm(n_correct, generator=gen)[: settings.max_targets]].sort().values
     if len(correct) == 0:
         raise ValueError("the model gets no test point right: nothing to attack")
-    curvature = curvature if curvature is not None else make_solver("cg", p=objective.p)
+    need = max(settings.budgets) + (1 if settings.second_try and max(settings.budgets) == 1 else 0)
+    if need > objective.n:
+        raise ValueError(f"budgets need {need} training points but there are only {objective.n}")
+    newton = newton_factor(objective, zoo.FrozenPrefix.of(objective)) if objective.p <= NEWTON_MAX_PARAMS else None
+    if curvature is None:
+        curvature = CG(preconditioner=newton) if newton is not None else make_solver("cg", p=objective.p)
     attributor = bind(attributor, objective) if attributor is not None else (
         InfluenceFunction(objective, copy.deepcopy(curvature)).fit())
-    rows, attacks = [], {}
-    bar = tqdm(total=len(settings.budgets) * len(correct), desc="attacks", disable=not progress)
-    for k in settings.budgets:
-        results, acc_b, acc_a = [], [], []
-        for t in correct.tolist():
+    plan = tries(settings.budgets, settings.second_try)
+    runs: dict[int, list[tuple[int, AttackResult, float, float]]] = {k: [] for k in sorted(set(settings.budgets))}
+    first_flip: dict[int, int] = {}  # target -> smallest budget that flipped it
+    bar = tqdm(total=len(correct), desc="targets", disable=not progress)
+    for t in correct.tolist():
+        ranked = pick_points(objective, X[[t]], y[[t]], settings.attack.select, need, attributor, curvature)
+        others = torch.ones(len(X), dtype=torch.bool)
+        others[t] = False
+        labels = _labels01(objective, y[others])
+        for k, rows in plan:
+            if settings.cumulative and t in first_flip:
+                break
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                r = attack(objective, X, y, [t], grid, replace(settings.attack, n_points=k), attributor, curvature)
-            others = torch.ones(len(X), dtype=torch.bool)
-            others[t] = False
-            labels = _labels01(objective, y[others])
-            acc_b.append(float(right[others].double().mean()))
-            acc_a.append(float((objective.predict(X[others], r.theta)[0] == labels).double().mean()))
-            results.append(r)
-            bar.update()
-            bar.set_postfix(budget=k, flipped=sum(x.all_flipped for x in results))
-        attacks[k] = results
-        rows.append(SweepRow(
-            n_points=k, attacked=len(results), flipped=sum(r.all_flipped for r in results),
-            mean_linf=float(np.mean([r.linf.mean() for r in results])),
-            mean_l2=float(np.mean([r.l2.mean() for r in results])),
-            acc_others_before=float(np.mean(acc_b)), acc_others_after=float(np.mean(acc_a)),
-            mean_iterations=float(np.mean([r.iterations for r in results])),
-            seconds=float(sum(r.seconds for r in results)),
-        ))
+                r = attack(objective, X, y, [t], grid, replace(settings.attack, n_points=k), attributor, curvature,
+                           train_indices=ranked[rows], newton=newton)
+            acc_b = float(right[others].double().mean())
+            acc_a = float((objective.predict(X[others], r.theta)[0] == labels).double().mean())
+            runs[k].append((t, r, acc_b, acc_a))
+            if r.all_flipped and t not in first_flip:
+                first_flip[t] = k
+        bar.update()
+        bar.set_postfix(flipped=len(first_flip))
     bar.close()
-    return Sweep(rows=rows, attacks=attacks, n_correct=n_correct, targets=correct.tolist(), settings=settings,
+    rows_out, attacks = [], {}
+    for k, done in runs.items():
+        results = [r for _, r, _, _ in done]
+        attacks[k] = results
+        if settings.cumulative:
+            flipped = sum(1 for b in first_flip.values() if b <= k)
+        else:
+            flipped = len({t for t, r, _, _ in done if r.all_flipped})
+        mean = (lambda v: float(np.mean(v)) if v else float("nan"))  # noqa: E731
+        rows_out.append(SweepRow(
+            n_points=k, attacked=len(results), flipped=flipped, targets=len(correct),
+            mean_linf=mean([r.linf.mean() for r in results]), mean_l2=mean([r.l2.mean() for r in results]),
+            acc_others_before=mean([b for _, _, b, _ in done]), acc_others_after=mean([a for _, _, _, a in done]),
+            mean_iterations=mean([r.iterations for r in results]), seconds=float(sum(r.seconds for r in results)),
+        ))
+    return Sweep(rows=rows_out, attacks=attacks, n_correct=n_correct, targets=correct.tolist(), settings=settings,
                  attributor=repr(attributor), curvature=repr(curvature))

@@ -44,7 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from whybox import zoo
-from whybox.applications._common import AttributorSpec, as_factory, method_factory
+from whybox.applications._common import AttributorSpec, as_factory, build_for_run, method_factory
 from whybox.objective import Objective
 from whybox.settings import Settings, setting
 
@@ -339,13 +339,14 @@ def fix_mislabeled(
         is_flipped = np.zeros(n, bool)
         is_flipped[flipped] = True
         obj = problem.objective(X, torch.as_tensor(y_noisy))
-        obj = obj.with_theta(zoo.fit(obj, tol=problem.train_tol, max_iter=problem.max_iter).theta)
+        checkpoints: list = []  # for an attributor that reads the training run (TracIn)
+        obj = obj.with_theta(zoo.fit(obj, tol=problem.train_tol, max_iter=problem.max_iter, checkpoints=checkpoints).theta)
         grad_norms.append(obj.risk_grad().norm().item())
         base_acc = test_accuracy(obj)
         shared: dict[str, float] = {}
         if uses_att & set(rankings):
             t = time.perf_counter()
-            att = factory(obj)
+            att = build_for_run(factory, obj, checkpoints)
             described = {"attributor": repr(att), "attributor_sign": att.sign}
             if {"self_influence", "influence_loo"} & set(rankings):
                 self_s = att.self_scores().detach().cpu().numpy()

@@ -350,7 +350,8 @@ class ProjectedInfluence(Attributor):
         if left:
             warnings.warn(
                 f"ProjectedInfluence factors only Linear and Conv2d layers; parameters {left} get a dense Gaussian "
-                "projection of their per-example gradients (per-example Jacobians: slower)",
+                "projection of their per-example gradients (per-example Jacobians: slower); to leave them out, "
+                "explain the factored layers only: Objective(model, ..., params=whybox.factorable_params(model))",
                 RuntimeWarning, stacklevel=2,
             )
         self._left_names, self._left_idx = left, left_index(obj, left)
@@ -371,7 +372,7 @@ class ProjectedInfluence(Attributor):
                 "or raise max_dim"
             )
         K = max(1, math.prod(obj.output_shape)) if self.fisher == "ggn" else 1
-        self._rows = rows_per_chunk(obj, layers, K)
+        self._rows = rows_per_chunk(obj, layers, K, len(self._left_idx))
         self._fitted = True  # projections ready: project() works from here on
         self._cache: torch.Tensor | None = None
         self._zarr = None

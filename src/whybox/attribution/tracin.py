@@ -50,7 +50,7 @@ class TracIn(Attributor):
         if not all(v > 0 and v < float("inf") for v in lrs):
             raise ValueError(f"learning_rates must be positive and finite, got {lrs}")
         self.learning_rates = lrs
-        self.thetas = [_flat_theta(objective, ck, c) for c, ck in enumerate(checkpoints)]
+        self.thetas = [flat_theta(objective, ck, f"checkpoint {c}") for c, ck in enumerate(checkpoints)]
         # one objective per checkpoint; the gradient cache budget is shared between them
         self._objectives = [objective.with_theta(th) for th in self.thetas]
         for o in self._objectives:
@@ -83,28 +83,33 @@ class TracIn(Attributor):
         ])
 
 
-def _flat_theta(objective: Objective, checkpoint: Checkpoint, c: int) -> torch.Tensor:
+def flat_theta(objective: Objective, checkpoint: Checkpoint, what: str = "checkpoint") -> torch.Tensor:
+    """θ as a flat vector in ``objective``'s parameter order, from a flat tensor or a state dict
+    (``what`` names it in errors)."""
     if isinstance(checkpoint, Mapping):
-        missing = [n for n in objective.param_names if n not in checkpoint]
+        def key(name: str) -> str:  # a TorchScript model's parameters ("0__weight") by their dotted names too
+            return name if name in checkpoint or name.replace("__", ".") not in checkpoint else name.replace("__", ".")
+
+        missing = [n for n in objective.param_names if key(n) not in checkpoint]
         if missing:
             raise ValueError(
-                f"checkpoint {c} lacks parameters {missing[:3]}{'...' if len(missing) > 3 else ''}; "
+                f"{what} lacks parameters {missing[:3]}{'...' if len(missing) > 3 else ''}; "
                 f"save model.state_dict() (or dict(model.named_parameters())) of the explained model"
             )
         parts = []
         for name, shape in zip(objective.param_names, objective.shapes):
-            t = torch.as_tensor(checkpoint[name])
+            t = torch.as_tensor(checkpoint[key(name)])
             if t.shape != shape:
-                raise ValueError(f"checkpoint {c}: parameter {name} has shape {tuple(t.shape)}, the model {tuple(shape)}")
+                raise ValueError(f"{what}: parameter {name} has shape {tuple(t.shape)}, the model {tuple(shape)}")
             parts.append(t.reshape(-1))
         theta = torch.cat(parts)
     else:
         theta = torch.as_tensor(checkpoint).reshape(-1)
         if theta.numel() != objective.p:
-            raise ValueError(f"checkpoint {c} has {theta.numel()} values but the objective has p = {objective.p} parameters")
+            raise ValueError(f"{what} has {theta.numel()} values but the objective has p = {objective.p} parameters")
     theta = theta.detach().to(device=objective.device, dtype=objective.dtype)
     if not torch.isfinite(theta).all():
-        raise ValueError(f"checkpoint {c} contains NaN or inf: drop it (training had diverged there)")
+        raise ValueError(f"{what} contains NaN or inf: drop it (training had diverged there)")
     return theta
 
 

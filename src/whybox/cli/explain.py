@@ -46,6 +46,7 @@ def explain(
     curvature: str = typer.Option("hessian", help=help_of(MethodSettings, "curvature")),
     projection_dim: int = typer.Option(32, help=help_of(MethodSettings, "projection_dim")),
     ekfac_rank_tolerance: float = typer.Option(1e-2, help=help_of(MethodSettings, "ekfac_rank_tolerance")),
+    checkpoints: Path | None = typer.Option(None, "--checkpoints", help=help_of(MethodSettings, "checkpoints")),
     test_index: int | None = typer.Option(None, help="Test point to explain (default: the first misclassified one)."),
     top_k: int = typer.Option(5, help="How many helpful and harmful training points to list."),
     n_test: int = typer.Option(8, help="Test points in the report's chooser and in --out files."),
@@ -74,7 +75,7 @@ def explain(
         DataSettings(dataset, train, test, label_column, test_fraction, standardize, seed),
         ModelSettings(model, model_code, model_name, sklearn, C, loss, weight_decay, params,
                       class_order.split(",") if class_order else None, device, not float32),
-        MethodSettings(method, solver, damping, curvature, projection_dim, ekfac_rank_tolerance),
+        MethodSettings(method, solver, damping, curvature, projection_dim, ekfac_rank_tolerance, checkpoints),
     )
     try:
         _explain(settings, test_index, top_k, n_test, validate, report, out, as_json, quiet, (store, workers, scheduler))

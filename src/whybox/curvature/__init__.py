@@ -10,14 +10,15 @@
 from whybox.curvature.arnoldi import Arnoldi
 from whybox.curvature.base import Curvature, InaccurateSolveError, NotPositiveDefiniteError
 from whybox.curvature.cg import CG
+from whybox.curvature.datainf import DataInf
 from whybox.curvature.ekfac import EKFAC
 from whybox.curvature.exact import Exact
 from whybox.curvature.identity import Identity
-from whybox.curvature.kfac import KFAC
+from whybox.curvature.kfac import KFAC, factorable_params
 from whybox.curvature.lissa import LiSSA, LiSSADivergenceError
 from whybox.curvature.registry import SOLVERS, default_solver_name, make_solver
 
 __all__ = ["Curvature", "Exact", "CG", "LiSSA", "Identity", "NotPositiveDefiniteError", "LiSSADivergenceError",
            "InaccurateSolveError",
            "SOLVERS", "default_solver_name", "make_solver"]
-__all__ += ["KFAC", "EKFAC", "Arnoldi"]
+__all__ += ["KFAC", "EKFAC", "Arnoldi", "DataInf", "factorable_params"]

@@ -55,6 +55,12 @@ class Exact(Curvature):
         self._chol = chol
         return self
 
+    @property
+    def cholesky(self) -> torch.Tensor:
+        """The lower Cholesky factor of the formed (H + damping·I) (e.g. ``zoo.fit(newton=...)``)."""
+        self._fitted()
+        return self._chol
+
     def matvec(self, V: torch.Tensor) -> torch.Tensor:
         """(H + damping·I)·V with the formed matrix (the same operator as the full-data HVP)."""
         self._fitted()

@@ -27,9 +27,15 @@ It keeps the inverse a Kronecker product, so a rank-one test gradient δₜāₜ
 the solve and ``whybox.KFACInfluence`` scores a training point as (δᵢᵀG⁻¹δₜ)(āₜᵀA⁻¹āᵢ).
 ``EKFAC`` (ekfac.py) adds λ exactly in the Kronecker eigenbasis instead.
 
-Parameters outside factorable layers (other module types, Conv2d with groups or non-zero padding
-modes, parameters shared between modules) fall back to a diagonal Gauss-Newton block from
-per-example Jacobians: ``fit`` warns naming them, and they cost C backward passes per example.
+Parameters outside factorable layers (embeddings, LayerNorm, the projections inside
+``nn.MultiheadAttention``, which it calls through ``F.multi_head_attention_forward`` and not as
+modules, Conv2d with groups or non-zero padding modes, parameters shared between modules) can fall
+back to a diagonal Gauss-Newton block from per-example gradients (K backward passes per chunk,
+vmapped, and a ``[rows, K, p_left]`` tensor): ``fallback="diagonal"``. The default ``"auto"`` does
+that (and warns naming them) only while those gradients are no larger per example than what the
+factored layers capture per example; otherwise it refuses and names the fix,
+``Objective(..., params=factorable_params(model))`` (explain the factored layers only, as
+Kronfluence does) or ``fallback="diagonal"``.
 """
 
 from __future__ import annotations
@@ -41,12 +47,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import jacrev, vmap
+from torch.func import vjp, vmap
 
 from whybox.curvature.base import Curvature, NotPositiveDefiniteError
 from whybox.objective import Objective
 
 FISHER = ("sampled", "ggn", "empirical")
+FALLBACK = ("auto", "diagonal", "error")
 LIKELIHOOD_LOSSES = ("cross_entropy", "logistic", "squared_error")
 _CHUNK_BYTES = 256 * 2**20  # captured activations and output gradients per chunk
 
@@ -106,6 +113,20 @@ def _factorable(module: nn.Module) -> str | None:
     ):
         return "conv2d"
     return None
+
+
+def factorable_params(model: nn.Module) -> list[str]:
+    """Names of the parameters K-FAC factors in ``model``: weights and biases of its ``nn.Linear``
+    and ``nn.Conv2d`` modules (zero padding, no groups), each owned by one module. Pass them as
+    ``Objective(model, ..., params=factorable_params(model))`` to explain only those layers (the
+    rest frozen), e.g. a transformer's feed-forward and head layers. A weight also used outside
+    its module's forward (tied) is caught when the curvature is fitted."""
+    owners: dict[int, int] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        for t in module.parameters(recurse=False):
+            owners[id(t)] = owners.get(id(t), 0) + 1
+    mine = {id(t) for m in model.modules() if _factorable(m) for t in m.parameters(recurse=False) if owners[id(t)] == 1}
+    return [name for name, t in model.named_parameters() if id(t) in mine]
 
 
 def find_layers(objective: Objective) -> tuple[list[KroneckerLayer], list[str]]:
@@ -272,15 +293,18 @@ def _cat(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
 
 
 def _left_grads(objective: Objective, names: list[str], X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-    """Per-example gradients ``[K, B, p_left]`` of the unfactored parameters: u_kᵀ J_left."""
+    """Per-example gradients ``[K, B, p_left]`` of the unfactored parameters, u_kᵀ J_left: one
+    vector-Jacobian product per cotangent (K backward passes, vmapped over the rows)."""
     idx = left_index(objective, names)
 
-    def out(theta_left, x):
-        theta = torch.index_copy(objective.theta, 0, idx, theta_left)
-        return objective.outputs(x.unsqueeze(0), theta).reshape(-1)
+    def pulled(theta_left, x, u):  # u [K, C]
+        def out(t):
+            return objective.outputs(x.unsqueeze(0), torch.index_copy(objective.theta, 0, idx, t)).reshape(-1)
 
-    J = vmap(jacrev(out), in_dims=(None, 0))(objective.theta[idx], X)  # [B, C, p_left]
-    return torch.einsum("kbc,bcp->kbp", U, J).detach()
+        _, pull = vjp(out, theta_left)
+        return vmap(lambda uk: pull(uk)[0])(u)
+
+    return vmap(pulled, in_dims=(None, 0, 1), out_dims=1)(objective.theta[idx], X, U).detach()
 
 
 def _param_index(objective: Objective, name: str) -> torch.Tensor:
@@ -296,10 +320,16 @@ def left_index(objective: Objective, names: list[str]) -> torch.Tensor:
     return torch.cat([_param_index(objective, n) for n in names])
 
 
-def rows_per_chunk(objective: Objective, layers: list[KroneckerLayer], K: int) -> int:
+def captured_per_example(layers: list[KroneckerLayer], probe: ChunkGrads, K: int) -> int:
+    """Values one example's captured layer inputs and K output gradients take."""
+    return sum(a[0].numel() + K * D[0, 0].numel() for a, D in probe.layers)
+
+
+def rows_per_chunk(objective: Objective, layers: list[KroneckerLayer], K: int, p_left: int = 0) -> int:
     """Examples per chunk: ``objective.batch_size``, fewer when one example's captured rows
-    (unfolded Conv2d patches, K output gradients) would pass 256 MiB in a chunk. Checks on the
-    first example that each layer's gradient is Σ_t δ_t ā_tᵀ of its forward calls."""
+    (unfolded Conv2d patches, K output gradients) and K fallback gradients of ``p_left`` values
+    would pass 256 MiB in a chunk. Checks on the first example that each layer's gradient is
+    Σ_t δ_t ā_tᵀ of its forward calls."""
     probe = chunk_grads(objective, layers, [], objective.X[:1], objective.y[:1])
     theta = objective.theta.detach().requires_grad_()
     with torch.enable_grad():
@@ -313,7 +343,7 @@ def rows_per_chunk(objective: Objective, layers: list[KroneckerLayer], K: int) -
                 "(is its weight also used outside its forward, e.g. tied or passed to a functional call?); "
                 "leave it out of the explained parameters (params=...)"
             )
-    per = sum(a.numel() + K * d.numel() for a, d in probe.layers) * objective.theta.element_size()
+    per = (sum(a.numel() + K * d.numel() for a, d in probe.layers) + K * p_left) * objective.theta.element_size()
     return max(1, min(objective.batch_size, _CHUNK_BYTES // max(per, 1)))
 
 
@@ -328,6 +358,11 @@ class KFAC(Curvature):
         seed: for the sampled targets.
         strict: raise ``InaccurateSolveError`` instead of warning when a check fails (a flat solve's
             residual; ``KFACInfluence``'s measured low-rank EK-FAC error).
+        fallback: what to do with explained parameters outside factorable layers: ``"diagonal"``
+            (a diagonal Gauss-Newton block from their per-example gradients), ``"error"`` (refuse),
+            or ``"auto"`` (default): diagonal, with a warning, while their per-example gradients
+            are no larger than what the factored layers capture per example, else refuse. The
+            refusal names ``Objective(..., params=factorable_params(model))``.
 
     ``solve`` applies the inverse to flat vectors in ``objective.param_names`` order, so
     ``InfluenceFunction(objective, KFAC())`` works unchanged; ``whybox.KFACInfluence`` scores
@@ -335,12 +370,16 @@ class KFAC(Curvature):
     the fallback parameters and the factors' extreme eigenvalues.
     """
 
-    def __init__(self, damping: float = 0.0, fisher: str = "sampled", seed: int = 0, strict: bool = False) -> None:
+    def __init__(self, damping: float = 0.0, fisher: str = "sampled", seed: int = 0, fallback: str = "auto",
+                 strict: bool = False) -> None:
         super().__init__(damping, strict=strict, curvature="ggn")  # a Kronecker-factored Gauss-Newton/Fisher, whatever `fisher` is
         if fisher not in FISHER:
             raise ValueError(f"fisher must be one of {FISHER}, got {fisher!r}")
+        if fallback not in FALLBACK:
+            raise ValueError(f"fallback must be one of {FALLBACK}, got {fallback!r}")
         self.fisher = fisher
         self.seed = seed
+        self.fallback = fallback
 
     # ------------------------------------------------------------------ fitting
     @property
@@ -385,15 +424,10 @@ class KFAC(Curvature):
             )
         self._layers, self._left = find_layers(objective)
         self._left_idx = left_index(objective, self._left)
-        if self._left:
-            warnings.warn(
-                f"{type(self).__name__} factors only Linear and Conv2d layers; parameters {self._left} get a "
-                "diagonal Gauss-Newton block instead (per-example Jacobians: slower, and blind to correlations)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
         K = 1 if self.fisher != "ggn" else max(1, math.prod(objective.output_shape))
-        self._rows = rows_per_chunk(objective, self._layers, K)
+        if self._left:
+            self._check_fallback(objective, K)
+        self._rows = rows_per_chunk(objective, self._layers, K, len(self._left_idx))
         dev = objective.device
         acc_A = [torch.zeros(l.d_in, l.d_in, dtype=torch.float64, device=dev) for l in self._layers]
         acc_G = [torch.zeros(l.d_out, l.d_out, dtype=torch.float64, device=dev) for l in self._layers]
@@ -415,6 +449,24 @@ class KFAC(Curvature):
             )
         self._prepare()
         return self
+
+    def _check_fallback(self, objective: Objective, K: int) -> None:
+        """Refuse, or warn about, the diagonal block of the unfactored parameters (``fallback``)."""
+        name, p_left = type(self).__name__, len(self._left_idx)
+        probe = chunk_grads(objective, self._layers, [], objective.X[:1], objective.y[:1]) if self._layers else None
+        captured = captured_per_example(self._layers, probe, K) if probe else 0
+        what = (f"{name} factors nn.Linear and nn.Conv2d layers called as modules (not embeddings, LayerNorm or "
+                f"nn.MultiheadAttention's projections); parameters {_short(self._left)} ({p_left:,} values) "
+                "would get a diagonal Gauss-Newton block from their per-example gradients")
+        fix = (f"explain the factored layers only with Objective(model, ..., params=whybox.factorable_params(model)) "
+               f"(the others frozen, as Kronfluence does), or accept the diagonal block with {name}(fallback='diagonal')")
+        if self.fallback == "error" or (self.fallback == "auto" and K * p_left > captured):
+            size = "" if self.fallback == "error" else (
+                f", {K * p_left:,} values per example against the {captured:,} the factored layers capture: "
+                "slower than the factored part and most of the memory")
+            raise ValueError(f"{what}{size}; {fix}")
+        warnings.warn(f"{what} (slower, and blind to correlations); to leave them out: {fix.split(', or')[0]}",
+                      RuntimeWarning, stacklevel=3)
 
     def _passes(self, left: list[str]):
         """Chunks of one pass over the training data with this curvature's gradients (the same
@@ -500,6 +552,10 @@ class KFAC(Curvature):
         """The dense K-FAC curvature ``[p, p]`` (small p only): what second-order effects start from."""
         obj = self._fitted()
         return self.matvec(torch.eye(obj.p, dtype=obj.dtype, device=obj.device))
+
+
+def _short(names: list[str], k: int = 6) -> str:
+    return str(names) if len(names) <= k else f"{names[:k]} and {len(names) - k} more"
 
 
 def suggest_damping(mean_curvature: float) -> float:

@@ -8,6 +8,7 @@ import inspect
 from whybox.curvature.arnoldi import Arnoldi
 from whybox.curvature.base import Curvature
 from whybox.curvature.cg import CG
+from whybox.curvature.datainf import DataInf
 from whybox.curvature.ekfac import EKFAC
 from whybox.curvature.exact import Exact
 from whybox.curvature.identity import Identity
@@ -15,7 +16,7 @@ from whybox.curvature.kfac import KFAC
 from whybox.curvature.lissa import LiSSA
 
 SOLVERS: dict[str, type[Curvature]] = {"exact": Exact, "cg": CG, "lissa": LiSSA, "identity": Identity,
-                                       "kfac": KFAC, "ekfac": EKFAC, "arnoldi": Arnoldi}
+                                       "kfac": KFAC, "ekfac": EKFAC, "arnoldi": Arnoldi, "datainf": DataInf}
 EXACT_MAX_PARAMS = 5000  # above this many parameters the default is CG: forming H costs O(p²·n)
 
 
@@ -25,7 +26,8 @@ def default_solver_name(p: int) -> str:
 
 
 def make_solver(name: str = "auto", damping: float = 0.0, p: int | None = None, curvature: str = "hessian") -> Curvature:
-    """A solver from its name (``auto``, ``exact``, ``cg``, ``lissa``, ``identity``, ``kfac``, ``ekfac``, ``arnoldi``).
+    """A solver from its name (``auto``, ``exact``, ``cg``, ``lissa``, ``identity``, ``kfac``, ``ekfac``, ``arnoldi``,
+    ``datainf``).
 
     ``auto`` needs ``p`` (the number of parameters) and applies ``default_solver_name``.
     ``curvature`` (``"hessian"`` or ``"ggn"``) goes to the solvers that invert either (exact, cg,

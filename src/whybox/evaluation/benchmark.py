@@ -14,8 +14,8 @@ Metrics (all against ground truth computed by retraining, cached on disk):
   against every training point, and to fit it again on the flipped problem and compute the n self-scores.
 
 Methods by name: every ``study.METHODS`` name, ``influence:SOLVER`` for influence with a named solver
-(``influence:cg``, ``influence:arnoldi``, ...; ``curvature.SOLVERS``), and ``tracin`` (TracIn over the
-checkpoints the zoo trainer saves, η = 1). A method that refuses (an error) gets a row of NaN with the
+(``influence:cg``, ``influence:arnoldi``, ...; ``curvature.SOLVERS``); ``tracin`` runs over the
+checkpoints the zoo trainer saves (θ at each L-BFGS round, η = 1). A method that refuses (an error) gets a row of NaN with the
 error in ``note``; a warning a method raises while fitting or scoring is kept in ``note`` too.
 """
 
@@ -119,7 +119,7 @@ def check_methods(methods: Sequence[str]) -> list[str]:
 
     def known(m: str) -> bool:
         name, _, solver = m.partition(":")
-        return m in METHODS or m == "tracin" or (name == "influence" and solver in SOLVERS)
+        return m in METHODS or (name == "influence" and solver in SOLVERS)
 
     return [m for m in methods if not known(m)]
 
@@ -127,12 +127,8 @@ def check_methods(methods: Sequence[str]) -> list[str]:
 def _make(objective: Objective, method: str, damping: float, checkpoints: list | None = None):
     from whybox.study import MethodSettings, make_attributor
 
-    if method == "tracin":
-        from whybox.attribution import TracIn
-
-        return TracIn(objective, checkpoints, learning_rates=1.0).fit()
     name, _, solver = method.partition(":")
-    return make_attributor(objective, MethodSettings(method=name, solver=solver or "auto", damping=damping))
+    return make_attributor(objective, MethodSettings(method=name, solver=solver or "auto", damping=damping), checkpoints)
 
 
 def run_benchmark(settings: BenchmarkSettings, progress: bool = True) -> list[dict]:

@@ -10,10 +10,16 @@ first-order prediction of the test-loss change from removing the complement is �
 
 Retraining is the expensive part; ``subset_ground_truth`` caches it on disk, keyed by everything it
 depends on, so a table regenerates in seconds once the retraining has been done.
+
+A network trained for a few epochs of Adam or SGD is not at a minimum, and "retrain without the
+complement" then means repeating *that* training on the subset: pass the recipe as ``train``
+(``mask -> θ``, e.g. the same seed, optimiser and epochs on the kept rows) and name it in ``recipe``
+so the cache never mixes two recipes. Without ``train`` the model is refitted from θ̂ by L-BFGS.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +28,7 @@ import torch
 from scipy import stats
 
 from whybox.attribution import Attributor
+from whybox.attribution.tracin import flat_theta
 from whybox.evaluation.cache import cached_rows, problem_key
 from whybox.objective import Objective
 from whybox.zoo.train import retrain
@@ -41,6 +48,9 @@ def random_subsets(n: int, count: int, alpha: float = 0.5, seed: int = 0) -> np.
     return masks
 
 
+Recipe = Callable[[np.ndarray], "torch.Tensor | Mapping[str, torch.Tensor]"]
+
+
 def subset_ground_truth(
     objective: Objective,
     X_test,
@@ -49,19 +59,35 @@ def subset_ground_truth(
     tol: float = 1e-8,
     cache: str | Path | None = None,
     progress: bool = True,
+    train: Recipe | None = None,
+    recipe: str = "",
 ) -> torch.Tensor:
     """``[M, m]`` test losses of the model retrained on each subset (rows of ``masks``); with
-    ``cache`` (a folder) finished retrainings are kept on disk (``evaluation.cache``)."""
+    ``cache`` (a folder) finished retrainings are kept on disk (``evaluation.cache``).
+
+    ``train``: your training recipe, called with a boolean mask ``[n]`` of the rows to keep and
+    returning the trained parameters (a flat θ of ``objective.p`` values, or the model's
+    ``state_dict()``); default: ``zoo.retrain`` from θ̂ to ``‖∇R‖ ≤ tol``. ``recipe``: a name for
+    it that enters the cache key (required with ``train`` and ``cache``; change it when the
+    recipe changes)."""
     X, y = objective.check_data(X_test, y_test, "test")
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 2 or masks.shape[1] != objective.n:
         raise ValueError(f"masks must have shape [M, n={objective.n}], got {masks.shape}")
+    if train is not None and cache is not None and not recipe:
+        raise ValueError("with train= and cache=, name the training recipe (recipe='adam-3-epochs-seed0', say) "
+                         "so cached retrainings of another recipe are never reused")
 
     def losses_without_complement(j: int) -> np.ndarray:
-        theta = retrain(objective, remove=np.flatnonzero(~masks[j]).tolist(), tol=tol).theta
-        return objective.losses(X, y, theta=theta).cpu().numpy()
+        if train is None:
+            theta = retrain(objective, remove=np.flatnonzero(~masks[j]).tolist(), tol=tol).theta
+        else:
+            theta = flat_theta(objective, train(masks[j].copy()), f"train(mask {j})")
+        with torch.no_grad():
+            return objective.losses(X, y, theta=theta).cpu().numpy()
 
-    name = "lds-" + problem_key(objective, X, y, np.packbits(masks), masks.shape, tol)
+    how = ("recipe", recipe) if train is not None else (tol,)  # the L-BFGS key is the one caches already hold
+    name = "lds-" + problem_key(objective, X, y, np.packbits(masks), masks.shape, *how)
     rows = cached_rows(cache, name, len(masks), len(X), losses_without_complement, "retraining on subsets", progress)
     return torch.from_numpy(rows)
 
@@ -94,10 +120,14 @@ def lds(
     tol: float = 1e-8,
     cache: str | Path | None = None,
     progress: bool = True,
+    train: Recipe | None = None,
+    recipe: str = "",
 ) -> LDSResult:
-    """The linear datamodeling score of ``attributor`` on these test points (see the module doc)."""
+    """The linear datamodeling score of ``attributor`` on these test points (see the module doc;
+    ``train`` and ``recipe`` as in ``subset_ground_truth``)."""
     obj = attributor.objective
     masks = random_subsets(obj.n, subsets, alpha, seed)
-    actual = subset_ground_truth(obj, X_test, y_test, masks, tol=tol, cache=cache, progress=progress)
+    actual = subset_ground_truth(obj, X_test, y_test, masks, tol=tol, cache=cache, progress=progress,
+                                 train=train, recipe=recipe)
     per_test = lds_from_scores(attributor.scores(X_test, y_test), masks, actual)
     return LDSResult(per_test, float(np.nanmean(per_test)), subsets, alpha)

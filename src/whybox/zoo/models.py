@@ -61,3 +61,37 @@ def mnist_cnn(n_classes: int = 10, dtype: torch.dtype = torch.float64, seed: int
         nn.Conv2d(4, 8, 3, stride=2, dtype=dtype), nn.Tanh(),
         nn.Flatten(), nn.Linear(8 * 5 * 5, n_classes, dtype=dtype),
     ))
+
+
+class TransformerClassifier(nn.Module):
+    """Token + position embeddings → ``nn.TransformerEncoder`` (batch first, post-norm, ReLU, no
+    dropout) → mean over positions → Linear head. Input: token ids ``[n, length]`` (int64).
+
+    Its Linear layers (each encoder layer's ``linear1``/``linear2`` and ``head``) are the ones K-FAC
+    factors; the attention projections are called through ``F.multi_head_attention_forward``, not
+    as modules, so they and the embeddings and LayerNorms are not (``whybox.factorable_params``).
+    """
+
+    def __init__(self, vocab: int, n_classes: int, length: int, d_model: int, heads: int, layers: int,
+                 ff: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.length = length
+        self.tokens = nn.Embedding(vocab, d_model, dtype=dtype)
+        self.positions = nn.Embedding(length, d_model, dtype=dtype)
+        layer = nn.TransformerEncoderLayer(d_model, heads, ff, dropout=0.0, batch_first=True, dtype=dtype)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d_model, n_classes, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(x.shape[-1], device=x.device)
+        h = self.encoder(self.tokens(x) + self.positions(pos))
+        return self.head(h.mean(-2))
+
+
+def transformer_classifier(
+    vocab: int = 1000, n_classes: int = 4, length: int = 32, d_model: int = 128, heads: int = 4, layers: int = 4,
+    ff: int = 512, dtype: torch.dtype = torch.float32, seed: int = 0,
+) -> TransformerClassifier:
+    """A small transformer text classifier (defaults: 925,700 parameters, 527,364 of them in Linear
+    layers), for ``zoo.make_token_sequences`` data; train it with ``zoo.train_adam``."""
+    return _seeded(seed, lambda: TransformerClassifier(vocab, n_classes, length, d_model, heads, layers, ff, dtype))

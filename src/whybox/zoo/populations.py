@@ -3,6 +3,8 @@ r"""Synthetic populations built in code (nothing is downloaded; every parameter 
 * ``make_readmission``: a hospital-readmission population missing most non-readmitted children, the
   shape of Koh & Liang's §5.3 domain-mismatch case (127 features, 3 of 4 training children readmitted).
 * ``make_spam_corpus``: a two-class bag-of-words corpus shaped like Enron1 spam (paper §5.4).
+* ``make_token_sequences``: token sequences whose class is the marker bigram they contain (for
+  ``zoo.transformer_classifier``).
 """
 
 from __future__ import annotations
@@ -212,4 +214,61 @@ def make_spam_corpus(
         name="spam", X_train=X[:n_train], y_train=torch.as_tensor(y[:n_train]), X_test=X[n_train:],
         y_test=torch.as_tensor(y[n_train:]), n_classes=2,
         feature_names=[f"word_{w}" for w in range(vocab)], class_names=["ham", "spam"],
+    )
+
+
+def make_token_sequences(
+    n_train: int = 10_000,
+    n_test: int = 1000,
+    vocab: int = 1000,
+    length: int = 32,
+    n_classes: int = 4,
+    bigrams_per_class: int = 3,
+    distractors: int = 2,
+    seed: int = 0,
+) -> Split:
+    """Synthetic token-sequence classification (no download) that a small transformer learns.
+
+    Each class owns ``bigrams_per_class`` marker bigrams (u, v) over reserved marker tokens; the
+    other ``vocab`` tokens are Zipf-distributed noise. A sequence of class c is noise with one of
+    c's bigrams planted at a random position, plus ``distractors`` single marker tokens of other
+    classes' bigrams (never next to their partner): the class is the one whose two tokens occur
+    *next to each other*, so single-token counts alone are ambiguous. Inputs are int64 token ids
+    ``[n, length]``; labels are noise-free.
+    """
+    n_markers = 2 * n_classes * bigrams_per_class
+    if n_classes < 2 or bigrams_per_class < 1:
+        raise ValueError("need n_classes >= 2 and bigrams_per_class >= 1")
+    if vocab < n_markers + 2:
+        raise ValueError(f"vocab must exceed the {n_markers} marker tokens, got {vocab}")
+    if length < 2 + 2 * distractors:
+        raise ValueError(f"length must be >= {2 + 2 * distractors} for a bigram and {distractors} distractors")
+    if min(n_train, n_test) < 1:
+        raise ValueError("n_train and n_test must be >= 1")
+    rng = np.random.default_rng(seed)
+    markers = rng.permutation(vocab)[:n_markers].reshape(n_classes, bigrams_per_class, 2)
+    noise_tokens = np.setdiff1d(np.arange(vocab), markers.ravel())
+    zipf = 1.0 / np.arange(1, len(noise_tokens) + 1)
+    n = n_train + n_test
+    y = rng.integers(0, n_classes, n)
+    X = rng.choice(noise_tokens, size=(n, length), p=zipf / zipf.sum())
+    k = 1 + distractors  # items: one bigram (2 positions) and the distractors (1 each), a gap between items
+    slack = length - (2 + distractors) - (k - 1)
+    for i in range(n):
+        widths = np.ones(k, dtype=np.int64)
+        bigram = rng.integers(k)
+        widths[bigram] = 2
+        offsets = np.sort(rng.choice(slack + k, k, replace=False)) - np.arange(k)
+        starts = offsets + np.concatenate([[0], np.cumsum(widths[:-1] + 1)])
+        for j, start in enumerate(starts):
+            if j == bigram:
+                X[i, start : start + 2] = markers[y[i], rng.integers(bigrams_per_class)]
+            else:
+                other = (y[i] + rng.integers(1, n_classes)) % n_classes
+                X[i, start] = markers[other, rng.integers(bigrams_per_class), rng.integers(2)]
+    X_t, y_t = torch.as_tensor(X, dtype=torch.int64), torch.as_tensor(y, dtype=torch.int64)
+    return Split(
+        name="tokens", X_train=X_t[:n_train], y_train=y_t[:n_train], X_test=X_t[n_train:], y_test=y_t[n_train:],
+        n_classes=n_classes, feature_names=[f"position_{t}" for t in range(length)],
+        class_names=[f"class_{c}" for c in range(n_classes)],
     )
