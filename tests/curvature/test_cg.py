@@ -56,6 +56,17 @@ def test_preconditioning_with_the_training_gradients_saves_iterations(digits_lr)
     assert "largest of 1200 training gradients" in pre.diagnostics["preconditioner"]
 
 
+def test_right_hand_sides_beyond_max_block_are_solved_in_groups(mlp_problem):
+    obj, A, V = mlp_problem
+    solver = CG(damping=DAMPING, max_block=2).fit(obj)
+    X = solver.solve(V)  # 5 columns: groups of 2, 2 and 1
+    torch.testing.assert_close(X, torch.linalg.solve(A, V.T).T, rtol=1e-7, atol=1e-9)
+    assert solver.diagnostics["converged"] and solver.diagnostics["hvps"] <= 5 * solver.diagnostics["iterations"]
+    whole = CG(damping=DAMPING).fit(obj)
+    whole.solve(V)
+    assert whole.diagnostics["iterations"] <= solver.diagnostics["iterations"]
+
+
 def test_block_takes_no_more_iterations_than_its_slowest_column(mlp_problem):
     obj, A, V = mlp_problem
     single = []
@@ -100,6 +111,7 @@ def test_negative_curvature_in_the_block_raises(iris_mlp):
     (dict(preconditioner="fisher"), "preconditioner must be one of"),
     (dict(preconditioner=torch.eye(3)[:2]), r"preconditioner must be a square \[p, p\] Cholesky factor"),
     (dict(preconditioner_rank=0), "preconditioner_rank must be >= 1"),
+    (dict(max_block=0), "max_block must be >= 1"),
 ])
 def test_bad_preconditioner_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
