@@ -126,26 +126,14 @@ def whybox_projected(model, X, y, Xt, yt, args, tmp):
 
 def kronfluence(strategy: str):
     def run(model, X, y, Xt, yt, args, tmp):
-        import torch.nn.functional as F
+        from _kronfluence import classify_task
         from kronfluence.analyzer import Analyzer, prepare_model
         from kronfluence.arguments import FactorArguments, ScoreArguments
-        from kronfluence.task import Task
 
-        class Classify(Task):
-            def compute_train_loss(self, batch, model, sample=False):
-                x, t = batch
-                logits = model(x)
-                if sample:  # the true Fisher: labels drawn from the model
-                    with torch.no_grad():
-                        t = torch.multinomial(F.softmax(logits.detach(), -1), 1).flatten()
-                return F.cross_entropy(logits, t, reduction="sum")
+        task_ = classify_task()
 
-            def compute_measurement(self, batch, model):
-                x, t = batch
-                return F.cross_entropy(model(x), t, reduction="sum")
-
-        model = prepare_model(model, Classify())
-        analyzer = Analyzer("scale", model, Classify(), cpu=True, disable_tqdm=True, output_dir=tmp)
+        model = prepare_model(model, task_)
+        analyzer = Analyzer("scale", model, task_, cpu=True, disable_tqdm=True, output_dir=tmp)
         train = TensorDataset(X, y)
         analyzer.fit_all_factors("f", train, per_device_batch_size=args.batch,
                                  factor_args=FactorArguments(strategy=strategy), overwrite_output_dir=True)

@@ -68,28 +68,16 @@ def kronfluence_ekfac():
         import copy
         import tempfile
 
-        import torch.nn.functional as F
+        from _kronfluence import classify_task
         from kronfluence.analyzer import Analyzer, prepare_model
         from kronfluence.arguments import FactorArguments, ScoreArguments
-        from kronfluence.task import Task
 
-        class Classify(Task):
-            def compute_train_loss(self, batch, model, sample=False):
-                x, t = batch
-                logits = model(x)
-                if sample:  # the true Fisher: labels drawn from the model
-                    with torch.no_grad():
-                        t = torch.multinomial(F.softmax(logits.detach(), -1), 1).flatten()
-                return F.cross_entropy(logits, t, reduction="sum")
-
-            def compute_measurement(self, batch, model):
-                x, t = batch
-                return F.cross_entropy(model(x), t, reduction="sum")
+        task_ = classify_task()
 
         # a container around the model: Kronfluence wraps Linear/Conv2d children, and a bare nn.Linear has none
-        model = prepare_model(torch.nn.Sequential(copy.deepcopy(obj.model)), Classify())
+        model = prepare_model(torch.nn.Sequential(copy.deepcopy(obj.model)), task_)
         with tempfile.TemporaryDirectory() as out:
-            analyzer = Analyzer("small", model, Classify(), cpu=True, disable_tqdm=True, output_dir=out)
+            analyzer = Analyzer("small", model, task_, cpu=True, disable_tqdm=True, output_dir=out)
             train = TensorDataset(obj.X, obj.y)
             analyzer.fit_all_factors("f", train, per_device_batch_size=obj.n, factor_args=FactorArguments(strategy="ekfac"),
                                      overwrite_output_dir=True)
