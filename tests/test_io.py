@@ -190,3 +190,11 @@ def test_string_labels_in_another_class_order_are_detected_and_fixed(tmp_path):
     assert study.class_names == ["dog", "cat", "bird"]
     acc = (study.objective.predict()[0] == study.objective.y).double().mean()
     assert acc > 0.9 and doc["label"] in (0, 1, 2)
+
+
+def test_integer_labels_beyond_int64_are_read_as_numbers():
+    from whybox.io import _labels_array
+
+    assert _labels_array(["1", "0", "2"]).dtype == np.int64
+    big = _labels_array(["9.223372036854776e+18", "1"])
+    assert big.dtype == np.float64 and big[0] == 2.0**63

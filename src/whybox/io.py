@@ -168,12 +168,12 @@ def _is_float(v: str) -> bool:
 
 
 def _labels_array(labels: list[str]) -> np.ndarray:
-    """Integers if every label is one, else floats if every label is a number, else strings."""
+    """Integers if every label is one (and fits int64), else floats if every label is a number, else strings."""
     try:
         values = [float(v) for v in labels]
     except ValueError:
         return np.asarray(labels)
-    if all(np.isfinite(v) and v == int(v) for v in values):
+    if all(np.isfinite(v) and v == int(v) and abs(v) < 2.0**63 for v in values):
         return np.asarray(values, dtype=np.int64)
     return np.asarray(values, dtype=np.float64)
 

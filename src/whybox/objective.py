@@ -20,6 +20,7 @@ a training point keeps it.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -792,6 +793,17 @@ class Objective:
         moved = Objective(self.model, self.loss_fn, self.X.to(device), self.y.to(device), weight_decay=self.weight_decay,
                           params=self.param_names, batch_size=self.batch_size, cache_bytes=self.cache_bytes)
         return moved.with_theta(theta)
+
+    def cast(self, dtype: torch.dtype) -> Objective:
+        """A copy of this objective in another floating dtype (a copy of the model, floating data
+        cast, θ̂ kept): e.g. float32 products for a solver that checks its answer in float64."""
+        if self.dtype == dtype:
+            return self
+        model = copy.deepcopy(self.model).to(dtype)
+        X = self.X.to(dtype) if self.X.is_floating_point() else self.X
+        cast = Objective(model, self.loss_fn, X, self.y, weight_decay=self.weight_decay, params=self.param_names,
+                         batch_size=self.batch_size, cache_bytes=self.cache_bytes)
+        return cast.with_theta(self.theta.to(dtype))
 
     def write_to_model(self, theta: torch.Tensor | None = None) -> None:
         """Copy θ (default θ̂) into the model's parameters."""

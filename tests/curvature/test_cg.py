@@ -33,7 +33,7 @@ def _preconditioner(name, A):
 @pytest.mark.parametrize("name", [None, "gradients", "cholesky", "kfac"])
 def test_block_cg_equals_the_dense_solve_with_every_preconditioner(mlp_problem, name):
     obj, A, V = mlp_problem
-    solver = CG(damping=DAMPING, preconditioner=_preconditioner(name, A)).fit(obj)
+    solver = CG(damping=DAMPING, preconditioner=_preconditioner(name, A), precision="model").fit(obj)
     X = solver.solve(V)
     torch.testing.assert_close(X, torch.linalg.solve(A, V.T).T, rtol=1e-7, atol=1e-9)
     true = ((X @ A - V).norm(dim=1) / V.norm(dim=1)).max().item()
@@ -47,8 +47,8 @@ def test_preconditioning_with_the_training_gradients_saves_iterations(digits_lr)
     d, obj = digits_lr
     V = obj.grads(d.X_test[:5], d.y_test[:5])
     exact = torch.linalg.solve(obj.hessian(), V.T).T
-    plain = CG(rtol=1e-8, preconditioner=None).fit(obj)
-    pre = CG(rtol=1e-8).fit(obj)
+    plain = CG(rtol=1e-8, preconditioner=None, precision="model").fit(obj)
+    pre = CG(rtol=1e-8, precision="model").fit(obj)
     for solver in (plain, pre):
         X = solver.solve(V)
         assert ((X - exact).norm(dim=1) / exact.norm(dim=1)).max() < 1e-6
@@ -58,11 +58,11 @@ def test_preconditioning_with_the_training_gradients_saves_iterations(digits_lr)
 
 def test_right_hand_sides_beyond_max_block_are_solved_in_groups(mlp_problem):
     obj, A, V = mlp_problem
-    solver = CG(damping=DAMPING, max_block=2).fit(obj)
+    solver = CG(damping=DAMPING, max_block=2, precision="model").fit(obj)
     X = solver.solve(V)  # 5 columns: groups of 2, 2 and 1
     torch.testing.assert_close(X, torch.linalg.solve(A, V.T).T, rtol=1e-7, atol=1e-9)
     assert solver.diagnostics["converged"] and solver.diagnostics["hvps"] <= 5 * solver.diagnostics["iterations"]
-    whole = CG(damping=DAMPING).fit(obj)
+    whole = CG(damping=DAMPING, precision="model").fit(obj)
     whole.solve(V)
     assert whole.diagnostics["iterations"] <= solver.diagnostics["iterations"]
 
@@ -71,10 +71,10 @@ def test_block_takes_no_more_iterations_than_its_slowest_column(mlp_problem):
     obj, A, V = mlp_problem
     single = []
     for v in V:
-        solver = CG(damping=DAMPING, preconditioner=None).fit(obj)
+        solver = CG(damping=DAMPING, preconditioner=None, precision="model").fit(obj)
         solver.solve(v[None])
         single.append(solver.diagnostics["iterations"])
-    block = CG(damping=DAMPING, preconditioner=None).fit(obj)
+    block = CG(damping=DAMPING, preconditioner=None, precision="model").fit(obj)
     block.solve(V)
     assert block.diagnostics["iterations"] <= max(single)
 
@@ -112,6 +112,7 @@ def test_negative_curvature_in_the_block_raises(iris_mlp):
     (dict(preconditioner=torch.eye(3)[:2]), r"preconditioner must be a square \[p, p\] Cholesky factor"),
     (dict(preconditioner_rank=0), "preconditioner_rank must be >= 1"),
     (dict(max_block=0), "max_block must be >= 1"),
+    (dict(precision="half"), "precision must be one of"),
 ])
 def test_bad_preconditioner_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -141,3 +142,42 @@ def test_a_fitted_cg_pickles_and_solves_the_same(mlp_problem):
     solver = CG(damping=DAMPING).fit(obj)
     X = solver.solve(V)
     torch.testing.assert_close(pickle.loads(pickle.dumps(solver)).solve(V), X)
+
+
+@pytest.mark.parametrize("name", [None, "gradients", "cholesky", "kfac"])
+def test_float32_iterations_refined_in_float64_reach_the_dense_solve(mlp_problem, name):
+    obj, A, V = mlp_problem
+    solver = CG(damping=DAMPING, preconditioner=_preconditioner(name, A)).fit(obj)  # the default precision
+    X = solver.solve(V)
+    assert X.dtype == torch.float64 and solver._working.dtype == torch.float32
+    torch.testing.assert_close(X, torch.linalg.solve(A, V.T).T, rtol=1e-7, atol=1e-9)
+    true = ((X @ A - V).norm(dim=1) / V.norm(dim=1)).max().item()
+    d = solver.diagnostics
+    assert d["relative_residual"] == pytest.approx(true, rel=1e-4, abs=1e-14) and true <= 1e-9
+    assert d["converged"] and d["refinement_rounds"] >= 2  # rtol 1e-10 is beyond one float32 solve
+
+
+def test_refinement_that_does_not_halve_the_residual_finishes_in_float64(mlp_problem):
+    obj, A, V = mlp_problem
+    solver = CG(damping=DAMPING, precision="float32").fit(obj)
+    working = solver._working.curvature_operator
+
+    def ten_times(curvature):  # float32 products 10x too large: each float32 answer is 10x too short
+        op = working(curvature)
+        return lambda W: 10 * op(W)
+
+    solver._working.curvature_operator = ten_times
+    X = solver.solve(V)
+    torch.testing.assert_close(X, torch.linalg.solve(A, V.T).T, rtol=1e-7, atol=1e-9)
+    assert solver.diagnostics["refinement_rounds"] == 1 and solver.diagnostics["converged"]
+
+
+def test_float32_precision_on_a_float32_objective_is_plain_cg(iris_mlp):
+    d, obj = iris_mlp
+    obj32 = obj.cast(torch.float32)
+    assert obj32.dtype == torch.float32 and obj32.cast(torch.float32) is obj32 and obj.dtype == torch.float64
+    torch.testing.assert_close(obj32.theta, obj.theta.float())
+    solver = CG(damping=DAMPING, rtol=1e-5, precision="float32").fit(obj32)
+    assert solver._working is None
+    solver.solve(obj32.grads(d.X_test[:3], d.y_test[:3]))
+    assert "refinement_rounds" not in solver.diagnostics

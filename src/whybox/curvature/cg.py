@@ -9,9 +9,18 @@ grows by k directions per product pass). Directions that become linearly depende
 
 Preconditioning (``preconditioner=``) changes only the path: the answer solves the exact system
 (H + damping·I)X = V and ``Curvature.solve`` checks its true residual either way.
+
+By default (``precision="float32"``) a float64 objective's Krylov iterations run on a float32 copy of the
+model (products 2–4× cheaper on a CPU, most for convolutions) and refines the answer against
+residuals measured in float64 (mixed-precision iterative refinement: each round solves
+(H + damping·I)D = R in float32 and adds D; R = V − (H + damping·I)X in float64). A round that
+does not halve the worst residual means float32 cannot resolve the system; the solve then finishes
+in float64 from where it stands. Either way the returned answer's residual is the float64 one.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -19,6 +28,8 @@ from whybox.curvature.base import Curvature, NotPositiveDefiniteError, alternati
 from whybox.objective import Objective
 
 PRECONDITIONERS = ("gradients", None)
+PRECISIONS = ("model", "float32")
+MAX_REFINEMENTS = 8
 
 
 class CG(Curvature):
@@ -46,16 +57,19 @@ class CG(Curvature):
         preconditioner_rank: how many training gradients ``"gradients"`` uses.
         max_block: solve at most this many right-hand sides in one block (more are split into groups):
             a step orthonormalises the block at O(k²p), small next to its k HVPs up to a few hundred.
+        precision: ``"float32"`` (default): iterate on a float32 copy of the model and refine against
+            residuals in the objective's float64 (module text; plain CG for a float32 objective).
+            ``"model"``: iterate in the objective's dtype throughout.
 
     ``diagnostics`` holds the iterations, the Hessian-vector products (vectors) used, whether every
-    column met ``rtol``, the preconditioner, and the true relative residual (measured by
-    ``Curvature.solve``). Negative curvature in a search block raises ``NotPositiveDefiniteError``.
+    column met ``rtol``, the preconditioner, the refinement rounds (``precision="float32"``), and
+    the true relative residual (measured by ``Curvature.solve``). Negative curvature in a search block raises ``NotPositiveDefiniteError``.
     """
 
     def __init__(self, damping: float = 0.0, rtol: float = 1e-10, max_iter: int | None = None,
                  residual_tolerance: float | None = None, strict: bool = False, curvature: str = "hessian",
                  preconditioner: str | torch.Tensor | Curvature | None = "gradients",
-                 preconditioner_rank: int = 128, max_block: int = 256) -> None:
+                 preconditioner_rank: int = 128, max_block: int = 256, precision: str = "float32") -> None:
         if not 0 < rtol < 1:
             raise ValueError(f"rtol must be in (0, 1), got {rtol}")
         if torch.is_tensor(preconditioner):
@@ -69,6 +83,8 @@ class CG(Curvature):
             raise ValueError(f"preconditioner_rank must be >= 1, got {preconditioner_rank}")
         if max_block < 1:
             raise ValueError(f"max_block must be >= 1, got {max_block}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         default_tolerance = max(1e-6, min(100 * rtol, rtol**0.5))
         super().__init__(damping, default_tolerance if residual_tolerance is None else residual_tolerance, strict,
                          curvature)
@@ -77,10 +93,15 @@ class CG(Curvature):
         self.preconditioner = preconditioner
         self.preconditioner_rank = int(preconditioner_rank)
         self.max_block = int(max_block)
+        self.precision = precision
         self._pre: tuple = ("none",)  # what _precondition applies: plain data, so a fitted CG pickles
+        self._working: Objective | None = None  # the float32 copy that iterates (precision="float32")
+        self._measured: tuple | None = None  # (X, R): the last refined answer and its float64 residual
 
     def fit(self, objective: Objective) -> CG:
         super().fit(objective)
+        mixed = self.precision == "float32" and objective.dtype != torch.float32
+        self._working = objective.cast(torch.float32) if mixed else None
         self._pre = self._build_preconditioner(objective)
         self._judge_damping()  # judge the damping against the top of H's spectrum (usually one HVP)
         return self
@@ -104,10 +125,12 @@ class CG(Curvature):
         return self._gradient_preconditioner(obj)
 
     def _precondition(self, R: torch.Tensor) -> torch.Tensor:
-        """M⁻¹R for rows ``R [k, p]``."""
+        """M⁻¹R for rows ``R [k, p]``, in R's dtype."""
         kind, *data = self._pre
-        if kind == "curvature":
-            return data[0]._solve(R)  # its approximate inverse, without its own residual check
+        data = [d.to(R.dtype) if torch.is_tensor(d) else d for d in data]
+        if kind == "curvature":  # its approximate inverse, without its own residual check, in its dtype
+            M = data[0]
+            return M._solve(R.to(M.objective.dtype)).to(R.dtype)
         if kind == "cholesky":
             return torch.cholesky_solve(R.T, data[0]).T
         if kind == "woodbury":
@@ -140,25 +163,71 @@ class CG(Curvature):
 
     # ------------------------------------------------------------------ the solve
     def _solve(self, B: torch.Tensor) -> torch.Tensor:
-        """Block CG on groups of at most ``max_block`` columns (diagnostics: the worst group's iterations)."""
+        if self._working is None:
+            return self._grouped(B, self.matvec, self.rtol)
+        return self._refined(B)
+
+    def _grouped(self, B: torch.Tensor, matvec, rtol: float | torch.Tensor) -> torch.Tensor:
+        """Block CG on groups of at most ``max_block`` columns (diagnostics: the worst group's
+        iterations); ``rtol`` per column or one for all."""
         X, its, hvps, converged = [], 0, 0, True
+        rtol = torch.as_tensor(rtol, dtype=B.dtype).expand(len(B))
         for start in range(0, len(B), self.max_block):
-            X.append(self._block_cg(B[start : start + self.max_block]))
+            group = slice(start, start + self.max_block)
+            X.append(self._block_cg(B[group], matvec, rtol[group]))
             d = self.diagnostics
             its, hvps, converged = max(its, d["iterations"]), hvps + d["hvps"], converged and d["converged"]
         self.diagnostics.update(iterations=its, hvps=hvps, converged=converged)
         return torch.cat(X)
 
-    def _block_cg(self, B: torch.Tensor) -> torch.Tensor:
+    def _refined(self, B: torch.Tensor) -> torch.Tensor:
+        """Mixed-precision iterative refinement (module text): float32 block CG on the float64
+        residual, until every column meets ``rtol`` in float64."""
+        floor = 1e-5  # what a float32 recursion can still tell apart from rounding
+        products = self._working.curvature_operator(self.curvature)
+        matvec32 = lambda V: products(V) + self.damping * V  # noqa: E731
+        X, R = torch.zeros_like(B), B
+        b_norm = B.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)
+        worst, rounds, its, hvps = math.inf, 0, 0, 0
+        while True:
+            rel = R.norm(dim=1) / b_norm
+            done = rel <= self.rtol
+            if done.all() or rounds == MAX_REFINEMENTS or not rel.max() <= 0.5 * worst:
+                break
+            worst, rounds = rel.max().item(), rounds + 1
+            inner = (self.rtol / rel).clamp(floor, 0.5)  # the accuracy this round must add, per column
+            D = self._grouped(R[~done].float(), matvec32, inner[~done].float()).to(B.dtype)
+            its, hvps = its + self.diagnostics["iterations"], hvps + self.diagnostics["hvps"]
+            X[~done] += D
+            R = B - self.matvec(X)
+            hvps += len(B)
+        if not done.all():  # float32 stalled (or the round cap): finish in the model's precision
+            X[~done] += self._grouped(R[~done], self.matvec, self.rtol * b_norm[~done] / R[~done].norm(dim=1))
+            its, hvps = its + self.diagnostics["iterations"], hvps + self.diagnostics["hvps"]
+            R = None
+        self.diagnostics.update(iterations=its, hvps=hvps, refinement_rounds=rounds, converged=bool(done.all()) or
+                                self.diagnostics["converged"], precision="float32 iterations, float64 residuals")
+        self._measured = (X, R)
+        return X
+
+    def residuals(self, B: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base check, reusing the float64 residual the refinement already measured for this X."""
+        if self._measured is not None and self._measured[0] is X and self._measured[1] is not None:
+            R = self._measured[1]
+            self._measured = None
+            return R, R.norm(dim=1) / B.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)
+        return super().residuals(B, X)
+
+    def _block_cg(self, B: torch.Tensor, matvec, rtol: torch.Tensor) -> torch.Tensor:
         max_iter = self.max_iter or max(2 * B.shape[1], 100)
         X = torch.zeros_like(B)
         R = B.clone()
-        target = self.rtol * B.norm(dim=1)
+        target = rtol * B.norm(dim=1)
         active = R.norm(dim=1) > target
         P = _orthonormal(self._precondition(R[active])) if active.any() else R[:0]
         it = products = 0
         while active.any() and it < max_iter and len(P):
-            Q = self.matvec(P)
+            Q = matvec(P)
             products += len(P)
             PQ = P @ Q.T
             L, info = torch.linalg.cholesky_ex(0.5 * (PQ + PQ.T))
