@@ -1,4 +1,5 @@
-"""Small shared helpers: machine/version stamps for benchmark tables, markdown tables, content digests."""
+"""Small shared helpers: machine/version stamps and memory readings for benchmark tables, markdown
+tables, content digests."""
 
 from __future__ import annotations
 
@@ -38,6 +39,43 @@ def machine_info() -> str:
     v = versions()
     libs = ", ".join(f"{k} {v[k]}" for k in ("python", "torch", "numpy", "scipy", "scikit-learn", "whybox"))
     return f"machine: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; {libs}"
+
+
+def _status_mib(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith(field + ":"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-memory phase: Linux resets the process's high-water mark (VmHWM) to its
+    current resident memory. False where that is not possible (then ``peak_rss_mib`` is the
+    process's peak since it started)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory in MiB since the process started or the last ``reset_peak_rss``."""
+    peak = _status_mib("VmHWM")
+    if peak is not None:
+        return peak
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mib() -> float:
+    """Resident memory now, MiB (the peak so far where /proc is missing)."""
+    now = _status_mib("VmRSS")
+    return peak_rss_mib() if now is None else now
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], floatfmt: str = ".4g") -> str:
