@@ -95,6 +95,8 @@ METHODS = {
     "whybox CG (rtol 1e-3)": whybox_method("cg", rtol=1e-3),
     "whybox CG (rtol 1e-2)": whybox_method("cg", rtol=1e-2),
     "whybox CG (rtol 1e-2, no preconditioner)": whybox_method("cg", rtol=1e-2, preconditioner=None),
+    "whybox CG (float64 iterations)": whybox_method("cg", precision="model"),
+    "whybox CG (rtol 1e-2, float64 iterations)": whybox_method("cg", rtol=1e-2, precision="model"),
     "dattri CG (defaults: 10 iterations)": dattri_method("cg"),
     "dattri CG (20 iterations)": dattri_method("cg", max_iter=20, tol=1e-10),
     "dattri CG (200 iterations, tol 1e-10)": dattri_method("cg", max_iter=200, tol=1e-10),

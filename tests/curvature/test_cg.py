@@ -181,3 +181,15 @@ def test_float32_precision_on_a_float32_objective_is_plain_cg(iris_mlp):
     assert solver._working is None
     solver.solve(obj32.grads(d.X_test[:3], d.y_test[:3]))
     assert "refinement_rounds" not in solver.diagnostics
+
+
+def test_a_model_without_a_float32_copy_iterates_in_its_own_dtype(mlp_problem, monkeypatch):
+    obj, A, V = mlp_problem
+
+    def refuse(dtype):
+        raise RuntimeError("this module cannot be deep-copied")
+
+    monkeypatch.setattr(obj, "cast", refuse)
+    solver = CG(damping=DAMPING).fit(obj)
+    torch.testing.assert_close(solver.solve(V), torch.linalg.solve(A, V.T).T, rtol=1e-7, atol=1e-9)
+    assert solver._working is None and "cannot be deep-copied" in solver.diagnostics["precision"]

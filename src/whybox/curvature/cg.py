@@ -100,8 +100,12 @@ class CG(Curvature):
 
     def fit(self, objective: Objective) -> CG:
         super().fit(objective)
-        mixed = self.precision == "float32" and objective.dtype != torch.float32
-        self._working = objective.cast(torch.float32) if mixed else None
+        self._working = None
+        if self.precision == "float32" and objective.dtype != torch.float32:
+            try:
+                self._working = objective.cast(torch.float32)
+            except Exception as err:  # a model that cannot be copied or cast: iterate in its own dtype
+                self.diagnostics["precision"] = f"model (no float32 copy: {type(err).__name__}: {err})"
         self._pre = self._build_preconditioner(objective)
         self._judge_damping()  # judge the damping against the top of H's spectrum (usually one HVP)
         return self
