@@ -193,3 +193,12 @@ def test_a_model_without_a_float32_copy_iterates_in_its_own_dtype(mlp_problem, m
     solver = CG(damping=DAMPING).fit(obj)
     torch.testing.assert_close(solver.solve(V), torch.linalg.solve(A, V.T).T, rtol=1e-7, atol=1e-9)
     assert solver._working is None and "cannot be deep-copied" in solver.diagnostics["precision"]
+
+
+def test_a_glm_keeps_its_closed_form_products_in_its_own_dtype(digits_lr):
+    d, obj = digits_lr
+    solver = CG(rtol=1e-8).fit(obj)
+    assert solver._working is None and "GLM" in solver.diagnostics["precision"]
+    V = obj.grads(d.X_test[:3], d.y_test[:3])
+    exact = torch.linalg.solve(obj.hessian(), V.T).T
+    assert ((solver.solve(V) - exact).norm(dim=1) / exact.norm(dim=1)).max() < 1e-6

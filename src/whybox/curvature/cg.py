@@ -58,7 +58,8 @@ class CG(Curvature):
         max_block: solve at most this many right-hand sides in one block (more are split into groups):
             a step orthonormalises the block at O(k²p), small next to its k HVPs up to a few hundred.
         precision: ``"float32"`` (default): iterate on a float32 copy of the model and refine against
-            residuals in the objective's float64 (module text; plain CG for a float32 objective).
+            residuals in the objective's float64 (module text; plain CG for a float32 objective, and
+            for a GLM or explained last layer, whose Hessian products are two GEMMs already).
             ``"model"``: iterate in the objective's dtype throughout.
 
     ``diagnostics`` holds the iterations, the Hessian-vector products (vectors) used, whether every
@@ -101,7 +102,10 @@ class CG(Curvature):
     def fit(self, objective: Objective) -> CG:
         super().fit(objective)
         self._working = None
-        if self.precision == "float32" and objective.dtype != torch.float32:
+        if self.precision == "float32" and objective.dtype != torch.float32 and self.curvature == "hessian" \
+                and objective._linear_head() is not None:  # two GEMMs a product: a float32 copy does not pay
+            self.diagnostics["precision"] = "model (closed-form products of a GLM / last layer)"
+        elif self.precision == "float32" and objective.dtype != torch.float32:
             try:
                 self._working = objective.cast(torch.float32)
             except Exception as err:  # a model that cannot be copied or cast: iterate in its own dtype
