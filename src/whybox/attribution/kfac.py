@@ -145,13 +145,15 @@ class KFACInfluence(InfluenceFunction):
     def diagnostics(self) -> dict[str, Any]:
         return dict(self.curvature.diagnostics, scoring=self.scoring, **self._scoring_info)
 
-    def _chunks(self, X: torch.Tensor, y: torch.Tensor):
-        """True-label layer inputs and output gradients, chunk by chunk."""
+    def _chunks(self, X: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None):
+        """True-label layer inputs and output gradients, chunk by chunk (of ``X[rows]`` when given:
+        gathered one chunk at a time, so no copy of the training data is made)."""
         if not self._fitted:
             raise RuntimeError("call .fit() before computing influence")
         kf = self.curvature
-        for s in self.objective.chunks(len(X), kf.chunk_rows):
-            yield s, chunk_grads(self.objective, kf.layers, kf.fallback_params, X[s], y[s])
+        for s in self.objective.chunks(len(X) if rows is None else len(rows), kf.chunk_rows):
+            Xs, ys = (X[s], y[s]) if rows is None else (X[rows[s]], y[rows[s]])
+            yield s, chunk_grads(self.objective, kf.layers, kf.fallback_params, Xs, ys)
 
     # ------------------------------------------------------------------ low-rank EK-FAC
     def _plan(self, layer: KroneckerLayer) -> LowRankInverse | None:
@@ -245,14 +247,14 @@ class KFACInfluence(InfluenceFunction):
     def score_chunk(self, factors: KroneckerTestFactors, train_idx: Index) -> torch.Tensor:
         obj = self.objective
         rows = self.rows(train_idx)
-        out = []
-        for _, cg in self._chunks(obj.X[rows], obj.y[rows]):
+        out = torch.empty(factors.m, len(rows), dtype=obj.dtype, device=obj.device)  # memory: the answer, once
+        for s, cg in self._chunks(obj.X, obj.y, rows):
             total = sum(self._layer_scores(layer, a, D[0], f) for layer, (a, D), f in
                         zip(self.curvature.layers, cg.layers, factors.layers))
             if cg.left is not None:
                 total = total + cg.left[0] @ factors.left.T
-            out.append(total.T)
-        return torch.cat(out, dim=1) / self.n
+            out[:, s] = total.T
+        return out.div_(self.n)
 
     @staticmethod
     def _layer_scores(layer: KroneckerLayer, a: torch.Tensor, D: torch.Tensor, f: LayerTestFactors) -> torch.Tensor:
@@ -284,7 +286,7 @@ class KFACInfluence(InfluenceFunction):
         obj, kf = self.objective, self.curvature
         rows = self.rows(train_idx)
         out = []
-        for _, cg in self._chunks(obj.X[rows], obj.y[rows]):
+        for _, cg in self._chunks(obj.X, obj.y, rows):
             total = torch.zeros(len(cg.layers[0][0]) if cg.layers else cg.left.shape[1], dtype=obj.dtype, device=obj.device)
             for layer, (a, D) in zip(kf.layers, cg.layers):
                 if a.shape[1] == 1:
