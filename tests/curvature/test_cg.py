@@ -202,3 +202,17 @@ def test_a_glm_keeps_its_closed_form_products_in_its_own_dtype(digits_lr):
     V = obj.grads(d.X_test[:3], d.y_test[:3])
     exact = torch.linalg.solve(obj.hessian(), V.T).T
     assert ((solver.solve(V) - exact).norm(dim=1) / exact.norm(dim=1)).max() < 1e-6
+
+
+def test_negative_curvature_seen_in_float32_is_decided_in_float64(mlp_problem):
+    obj, A, V = mlp_problem
+    solver = CG(damping=DAMPING).fit(obj)
+    working = solver._working.curvature_operator
+
+    def negated(curvature):  # float32 products that look indefinite (as rounding can make tiny eigenvalues)
+        op = working(curvature)
+        return lambda W: -op(W)
+
+    solver._working.curvature_operator = negated
+    torch.testing.assert_close(solver.solve(V), torch.linalg.solve(A, V.T).T, rtol=1e-7, atol=1e-9)
+    assert solver.diagnostics["converged"]

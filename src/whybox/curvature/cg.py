@@ -14,8 +14,8 @@ By default (``precision="float32"``) a float64 objective's Krylov iterations run
 model (products 2–4× cheaper on a CPU, most for convolutions) and refines the answer against
 residuals measured in float64 (mixed-precision iterative refinement: each round solves
 (H + damping·I)D = R in float32 and adds D; R = V − (H + damping·I)X in float64). A round that
-does not halve the worst residual means float32 cannot resolve the system; the solve then finishes
-in float64 from where it stands. Either way the returned answer's residual is the float64 one.
+does not halve the worst residual (or meets negative curvature, which float32 rounding can fake)
+means float32 cannot resolve the system; the solve then finishes in float64 from where it stands. Either way the returned answer's residual is the float64 one.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ class CG(Curvature):
 
     ``diagnostics`` holds the iterations, the Hessian-vector products (vectors) used, whether every
     column met ``rtol``, the preconditioner, the refinement rounds (``precision="float32"``), and
-    the true relative residual (measured by ``Curvature.solve``). Negative curvature in a search block raises ``NotPositiveDefiniteError``.
+    the true relative residual (measured by ``Curvature.solve``). Negative curvature in a search
+    block raises ``NotPositiveDefiniteError`` (decided in float64: a float32 round that meets it
+    hands over to the float64 finish).
     """
 
     def __init__(self, damping: float = 0.0, rtol: float = 1e-10, max_iter: int | None = None,
@@ -204,7 +206,10 @@ class CG(Curvature):
                 break
             worst, rounds = rel.max().item(), rounds + 1
             inner = (self.rtol / rel).clamp(floor, 0.5)  # the accuracy this round must add, per column
-            D = self._grouped(R[~done].float(), matvec32, inner[~done].float()).to(B.dtype)
+            try:
+                D = self._grouped(R[~done].float(), matvec32, inner[~done].float()).to(B.dtype)
+            except NotPositiveDefiniteError:  # float32 rounding can hide small positive curvature: float64 decides
+                break
             its, hvps = its + self.diagnostics["iterations"], hvps + self.diagnostics["hvps"]
             X[~done] += D
             R = B - self.matvec(X)
@@ -213,8 +218,9 @@ class CG(Curvature):
             X[~done] += self._grouped(R[~done], self.matvec, self.rtol * b_norm[~done] / R[~done].norm(dim=1))
             its, hvps = its + self.diagnostics["iterations"], hvps + self.diagnostics["hvps"]
             R = None
-        self.diagnostics.update(iterations=its, hvps=hvps, refinement_rounds=rounds, converged=bool(done.all()) or
-                                self.diagnostics["converged"], precision="float32 iterations, float64 residuals")
+        converged = bool(done.all()) or self.diagnostics["converged"]  # the float64 finish's, if it ran
+        self.diagnostics.update(iterations=its, hvps=hvps, refinement_rounds=rounds, converged=converged,
+                                precision="float32 iterations, float64 residuals")
         self._measured = (X, R)
         return X
 
