@@ -99,6 +99,7 @@ class CG(Curvature):
         self.precision = precision
         self._pre: tuple = ("none",)  # what _precondition applies: plain data, so a fitted CG pickles
         self._working: Objective | None = None  # the float32 copy that iterates (precision="float32")
+        self._pre32: tuple | None = None  # _pre in float32 for its rounds
         self._measured: tuple | None = None  # (X, R): the last refined answer and its float64 residual
 
     def fit(self, objective: Objective) -> CG:
@@ -113,6 +114,8 @@ class CG(Curvature):
             except Exception as err:  # a model that cannot be copied or cast: iterate in its own dtype
                 self.diagnostics["precision"] = f"model (no float32 copy: {type(err).__name__}: {err})"
         self._pre = self._build_preconditioner(objective)
+        kind, *data = self._pre  # the float32 rounds' copy, cast once
+        self._pre32 = (kind, *(d.float() if torch.is_tensor(d) else d for d in data)) if self._working else None
         self._judge_damping()  # judge the damping against the top of H's spectrum (usually one HVP)
         return self
 
@@ -136,8 +139,7 @@ class CG(Curvature):
 
     def _precondition(self, R: torch.Tensor) -> torch.Tensor:
         """M⁻¹R for rows ``R [k, p]``, in R's dtype."""
-        kind, *data = self._pre
-        data = [d.to(R.dtype) if torch.is_tensor(d) else d for d in data]
+        kind, *data = self._pre32 if self._pre32 is not None and R.dtype == torch.float32 else self._pre
         if kind == "curvature":  # its approximate inverse, without its own residual check, in its dtype
             M = data[0]
             return M._solve(R.to(M.objective.dtype)).to(R.dtype)
