@@ -82,7 +82,7 @@ def test_newton_ground_truth_matches_lbfgs_and_reaches_its_tolerance(tmp_path, m
     from whybox.evaluation import benchmark
     from whybox.zoo.train import retrain
 
-    task = replace(benchmark.TASKS["iris_mlp"], name="iris_mlp_newton", newton=True, newton_tol=1e-11)
+    task = replace(benchmark.TASKS["iris_mlp"], name="iris_mlp_newton", newton=True, newton_tol=1e-11, lds_tol=5e-8)
     monkeypatch.setitem(benchmark.TASKS, task.name, task)
     obj, X_test, y_test, _, _ = task.train()
     hessian = benchmark.SharedHessian(obj)
@@ -101,6 +101,7 @@ def test_newton_ground_truth_matches_lbfgs_and_reaches_its_tolerance(tmp_path, m
     rows = run_benchmark(settings, progress=False, facts=facts)
     fact = facts[task.name]
     assert fact["loo_tol"] == 1e-11 and fact["loo_max_grad_norm"] <= 1e-11
+    assert fact["lds_tol"] == 5e-8 and 0 < fact["lds_max_grad_norm"] <= 5e-8  # the subsets' own tolerance, recorded
     assert len(list(tmp_path.glob("loo-newton-*.npy"))) == 2 and len(list(tmp_path.glob("hessian-*.pt"))) == 2
     exact, fastif, dot = rows
     assert exact["loo_top_pearson"] > 0.9 and exact["fit_s"] >= fact["hessian_s"] > 0

@@ -56,7 +56,8 @@ def fit(
     theta = (objective.theta if theta0 is None else theta0).detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS(
         [theta], lr=1, max_iter=min(100, max_iter), history_size=50, line_search_fn="strong_wolfe",
-        tolerance_grad=tol, tolerance_change=0.0,
+        # torch stops on max|∂R/∂θⱼ| ≤ tolerance_grad; ‖∇R‖ ≤ √p·max|∂R/∂θⱼ|, so this stops only at ‖∇R‖ ≤ tol
+        tolerance_grad=tol / float(np.sqrt(theta.numel())), tolerance_change=0.0,
     )
 
     def closure() -> torch.Tensor:
