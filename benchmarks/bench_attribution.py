@@ -4,6 +4,10 @@
     python benchmarks/bench_attribution.py --tasks digits_lr digits_mlp digits_cnn --methods influence
     python benchmarks/bench_attribution.py --quick                           # a smoke run
     python benchmarks/bench_attribution.py --scale                           # LDS on the scale task (below)
+    python benchmarks/bench_attribution.py --tasks digits_cnn --keep-rows benchmarks/results/attribution.json
+
+``--keep-rows JSON``: the rows of tasks this run does not compute are taken from that file (an earlier
+output of this script), and the output says which command and settings produced which rows.
 
 Ground truth (leave-one-out, subset retraining, flipped-label retraining) is cached under --cache,
 so a second run prints the table in seconds. Writes the table to benchmarks/results/.
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -57,6 +63,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="output path without suffix (default: benchmarks/results/attribution, "
                                                 "with --scale: benchmarks/results/attribution_scale)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--keep-rows", default=None, help="JSON written by an earlier run: keep its rows of the tasks "
+                                                      "not run now (see above)")
     ap.add_argument("--scale", action="store_true", help="LDS on the scale task instead (see above)")
     ap.add_argument("--scale-n", type=int, default=10_000, help="--scale: training points")
     ap.add_argument("--scale-tests", type=int, default=50, help="--scale: held-out test points")
@@ -76,18 +84,53 @@ def main() -> None:
     settings = BenchmarkSettings(**{f.name: getattr(a, f.name) for f in fields(BenchmarkSettings)})
     if a.quick:
         settings.n_test, settings.top_k, settings.random_k, settings.lds_subsets = 2, 8, 8, 8
-    rows = run_benchmark(settings)
-    header = machine_info()
+    kept_runs, kept_rows = _kept(a.keep_rows, settings.tasks)
+    facts: dict = {}
+    start = time.perf_counter()
+    rows = run_benchmark(settings, facts=facts)
+    run = {"command": "python benchmarks/bench_attribution.py " + " ".join(sys.argv[1:]), "machine": machine_info(),
+           "settings": asdict(settings), "tasks": settings.tasks, "ground_truth": facts,
+           "wall_s": time.perf_counter() - start}
+    runs, rows = [*kept_runs, run], [*kept_rows, *rows]
     table = markdown_table(rows, ".3f")
-    print(header)
-    print(f"settings: {asdict(settings)}")
-    print(table)
+    text = "\n\n".join([*(_describe(r) for r in runs), table]) + "\n"
+    print(text)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(f"{header}\n\nsettings: {asdict(settings)}\n\n{table}\n", encoding="utf-8")
-    out.with_suffix(".json").write_text(json.dumps({"machine": header, "settings": asdict(settings), "rows": rows},
-                                                   indent=1, default=str), encoding="utf-8")
+    out.with_suffix(".md").write_text(text, encoding="utf-8")
+    out.with_suffix(".json").write_text(json.dumps({"runs": runs, "rows": rows}, indent=1, default=str), encoding="utf-8")
     attach_scale(out.with_suffix(".md"), Path(f"{out}_scale.md"))
+
+
+def _kept(path: str | None, running: list[str]) -> tuple[list[dict], list[dict]]:
+    """The runs and rows of an earlier output (``--keep-rows``) for the tasks not run now."""
+    if path is None:
+        return [], []
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if "runs" not in data:  # written before runs were recorded: one run, its command rebuilt from its settings
+        tasks = data["settings"]["tasks"]
+        data["runs"] = [{"command": f"python benchmarks/bench_attribution.py --tasks {' '.join(tasks)} (rebuilt from "
+                                    "its settings; methods: the defaults then)", "machine": data["machine"],
+                         "settings": data["settings"], "tasks": tasks}]
+    rows = [r for r in data["rows"] if r["task"] not in running]
+    kept = {r["task"] for r in rows}
+    runs = []
+    for r in data["runs"]:
+        tasks = [t for t in r["tasks"] if t in kept]
+        if tasks:
+            runs.append({**r, "tasks": tasks, "ground_truth": {t: v for t, v in r.get("ground_truth", {}).items() if t in kept}})
+    return runs, rows
+
+
+def _describe(run: dict) -> str:
+    """Which command, machine and settings produced which rows, and how their ground truth was computed."""
+    lines = [f"Rows of {', '.join(run['tasks'])}: `{run['command']}`"
+             + (f" ({run['wall_s'] / 60:.1f} min wall)" if "wall_s" in run else ""),
+             run["machine"], f"settings: {run['settings']}"]
+    for task, fact in run.get("ground_truth", {}).items():
+        lines.append(f"ground truth of {task}: " + ", ".join(
+            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in fact.items()))
+    return "\n\n".join(lines)
 
 
 SCALE_SECTION = "\n## Scale task (LDS only)\n\n"
@@ -102,7 +145,6 @@ def attach_scale(main_md: Path, scale_md: Path) -> None:
 
 def scale_lds(a: argparse.Namespace) -> None:
     """LDS of every method on ``bench_kfac.make_mlp_task`` against retraining with its own recipe."""
-    import time
     import warnings
 
     import numpy as np

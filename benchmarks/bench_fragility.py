@@ -122,8 +122,10 @@ def run_config(c: Config, d: zoo.Split, X: torch.Tensor, y: torch.Tensor, a: arg
     corr = np.nanmean(rowwise_correlations(predicted, actual), axis=0)
     acc = (obj.outputs(X_test).argmax(1) == d.y_test).double().mean().item()
     if res.risk < 1e-6:
-        note = (f"training loss {res.risk:.0e}: the model interpolates (no minimum without decay), retraining "
-                "does not move θ, so the correlation is undefined")
+        note = f"training loss {res.risk:.0e}: the model interpolates (no minimum without decay)" + (
+            ", retraining does not move θ, so the correlation is undefined" if not np.isfinite(corr).all() else
+            f"; retraining moves the test losses by at most {float(actual.abs().max()):.0e}, and influence at θ̂ "
+            "has no minimum to linearise around")
     return {
         "axis": c.axis, "model": c.name, "depth": len(c.hidden) if c.model == "mlp" else 2,
         "width": max(c.hidden) if c.hidden else 16, "weight_decay": c.weight_decay, "p": obj.p,

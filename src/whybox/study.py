@@ -95,11 +95,14 @@ def _projected(objective: Objective, method: MethodSettings) -> Attributor:
                               damping=method.damping)
 
 
+FASTIF_CANDIDATES = 100  # method fastif: influence on this many nearest training points
+
+
 def _fastif(objective: Objective, method: MethodSettings) -> Attributor:
     """Influence on the 100 nearest training points (input space) of each test point."""
     from whybox.attribution import FastIF
 
-    return FastIF(_influence(objective, method).fit(), k=min(100, objective.n))
+    return FastIF(_influence(objective, method).fit(), k=min(FASTIF_CANDIDATES, objective.n))
 
 
 def _tracin(objective: Objective, method: MethodSettings, checkpoints: Sequence | None = None) -> Attributor:

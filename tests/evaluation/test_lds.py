@@ -105,3 +105,24 @@ def test_subset_ground_truth_with_a_training_recipe(binary_lr, tmp_path):
         subset_ground_truth(obj, X, y, masks, progress=False, train=refit, cache=tmp_path)
     with pytest.raises(ValueError, match="p = 31"):
         subset_ground_truth(obj, X, y, masks, progress=False, train=lambda m: torch.zeros(3))
+
+
+def test_subset_ground_truth_records_the_gradient_norms(binary_lr, tmp_path):
+    """``grad_norms=`` receives ‖∇R‖ of each retrained model (checked against the risk's gradient of an
+    independent refit), cached beside the losses, which are those of the plain call."""
+    from whybox import zoo
+
+    d, obj = binary_lr
+    X, y = d.X_test[:3], d.y_test[:3]
+    masks = random_subsets(obj.n, 3, 0.5, seed=1)
+    norms: list = []
+    losses = subset_ground_truth(obj, X, y, masks, tol=1e-9, cache=tmp_path, progress=False, grad_norms=norms)
+    np.testing.assert_array_equal(losses.numpy(), subset_ground_truth(obj, X, y, masks, tol=1e-9, progress=False).numpy())
+    assert len(norms) == 3 and all(0 < g <= 1e-9 for g in norms)
+    res = zoo.retrain(obj, np.flatnonzero(~masks[1]).tolist(), tol=1e-9)
+    assert norms[1] == pytest.approx(res.grad_norm, rel=1e-12)
+    again: list = []
+    subset_ground_truth(obj, X, y, masks, tol=1e-9, cache=tmp_path, progress=False, grad_norms=again)
+    assert again == norms and len(list(tmp_path.glob("lds-norms-*.npy"))) == 1
+    with pytest.raises(ValueError, match="grad_norms="):
+        subset_ground_truth(obj, X, y, masks, progress=False, train=lambda m: obj.theta, recipe="x", grad_norms=[])

@@ -20,12 +20,15 @@ class Exact(Curvature):
         damping, residual_tolerance, strict, curvature: see ``Curvature`` (``curvature="ggn"`` forms
             the Gauss-Newton matrix from per-example output Jacobians instead of p HVPs).
         max_params: refuse to form H above this many parameters.
+        matrix: the undamped H (or G) already formed at the objective's θ (``objective.curvature_matrix()``),
+            to share one between several solvers instead of forming it again; it is copied, not changed.
     """
 
     def __init__(self, damping: float = 0.0, max_params: int = 20_000, residual_tolerance: float | None = None,
-                 strict: bool = False, curvature: str = "hessian") -> None:
+                 strict: bool = False, curvature: str = "hessian", matrix: torch.Tensor | None = None) -> None:
         super().__init__(damping, residual_tolerance, strict, curvature)
         self.max_params = max_params
+        self._matrix = matrix
 
     def fit(self, objective: Objective) -> Exact:
         super().fit(objective)
@@ -34,7 +37,13 @@ class Exact(Curvature):
                 f"Exact would form a {objective.p}x{objective.p} Hessian; for p > {self.max_params} "
                 "use CG or LiSSA, or restrict to a subset of parameters (params=...)"
             )
-        H = objective.curvature_matrix(self.curvature)
+        if self._matrix is None:
+            H = objective.curvature_matrix(self.curvature)
+        elif self._matrix.shape != (objective.p, objective.p):
+            raise ValueError(f"matrix must be the [p, p] = [{objective.p}, {objective.p}] {self.matrix_name}, "
+                             f"got shape {tuple(self._matrix.shape)}")
+        else:
+            H = self._matrix.to(dtype=objective.dtype, device=objective.device, copy=True)
         H.diagonal().add_(self.damping)
         self.hessian = H
         self.diagnostics["p"] = objective.p

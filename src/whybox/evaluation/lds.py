@@ -61,9 +61,12 @@ def subset_ground_truth(
     progress: bool = True,
     train: Recipe | None = None,
     recipe: str = "",
+    grad_norms: list | None = None,
 ) -> torch.Tensor:
     """``[M, m]`` test losses of the model retrained on each subset (rows of ``masks``); with
     ``cache`` (a folder) finished retrainings are kept on disk (``evaluation.cache``).
+    ``grad_norms`` (a list, default retraining only): receives the ``[M]`` values of ‖∇R‖ the
+    retrained models reached, kept in the cache with their losses.
 
     ``train``: your training recipe, called with a boolean mask ``[n]`` of the rows to keep and
     returning the trained parameters (a flat θ of ``objective.p`` values, or the model's
@@ -78,18 +81,28 @@ def subset_ground_truth(
         raise ValueError("with train= and cache=, name the training recipe (recipe='adam-3-epochs-seed0', say) "
                          "so cached retrainings of another recipe are never reused")
 
+    if grad_norms is not None and train is not None:
+        raise ValueError("grad_norms= is recorded for the default retraining only, not with train=")
+
     def losses_without_complement(j: int) -> np.ndarray:
         if train is None:
-            theta = retrain(objective, remove=np.flatnonzero(~masks[j]).tolist(), tol=tol).theta
+            res = retrain(objective, remove=np.flatnonzero(~masks[j]).tolist(), tol=tol)
+            theta = res.theta
         else:
             theta = flat_theta(objective, train(masks[j].copy()), f"train(mask {j})")
         with torch.no_grad():
-            return objective.losses(X, y, theta=theta).cpu().numpy()
+            losses = objective.losses(X, y, theta=theta).cpu().numpy()
+        return losses if grad_norms is None else np.append(losses, res.grad_norm)
 
     how = ("recipe", recipe) if train is not None else (tol,)  # the L-BFGS key is the one caches already hold
-    name = "lds-" + problem_key(objective, X, y, np.packbits(masks), masks.shape, *how)
-    rows = cached_rows(cache, name, len(masks), len(X), losses_without_complement, "retraining on subsets", progress)
-    return torch.from_numpy(rows)
+    prefix = "lds-" if grad_norms is None else "lds-norms-"  # rows with ‖∇R‖ appended
+    name = prefix + problem_key(objective, X, y, np.packbits(masks), masks.shape, *how)
+    rows = cached_rows(cache, name, len(masks), len(X) + (grad_norms is not None), losses_without_complement,
+                       "retraining on subsets", progress)
+    if grad_norms is not None:
+        grad_norms.extend(rows[:, -1].tolist())
+        rows = rows[:, :-1]
+    return torch.from_numpy(np.ascontiguousarray(rows))
 
 
 @dataclass
