@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import mmap
 import sys
 
-import numpy as np
 import pytest
 
 from whybox.utils import peak_rss_mib, reset_peak_rss, rss_mib
 
+MIB = 2**20
+
+
+def _touched(mib: int) -> mmap.mmap:
+    """Fresh anonymous pages, all resident (an allocator's recycled memory would not raise RSS)."""
+    block = mmap.mmap(-1, mib * MIB)
+    block.write(b"\1" * (mib * MIB))
+    return block
+
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is reset through /proc (Linux)")
 def test_a_new_phase_forgets_an_earlier_peak_and_sees_its_own():
-    block = np.ones(64 * 2**20 // 8)  # 64 MiB touched
-    del block
+    _touched(64).close()
     assert reset_peak_rss()
     start = rss_mib()
     assert peak_rss_mib() < start + 32  # the 64 MiB peak before the reset is gone
-    block = np.ones(48 * 2**20 // 8)
+    block = _touched(48)
     assert peak_rss_mib() >= start + 40  # this phase's own 48 MiB
-    del block
+    block.close()
