@@ -22,7 +22,9 @@ Linears and the head; the attention in- and out-projections, embeddings and Laye
 and every library is pointed at that same set: whybox ``Objective(params=...)``, Kronfluence
 ``Task.get_influence_tracked_modules``, Captum ``TracInCP(layers=...)``, dattri ``module_name`` /
 ``layer_names``, pyDVL by ``requires_grad=False`` on the rest (its way of choosing layers;
-"pyDVL EK-FAC (all parameters)" is the same call without that, to show what it does with the rest).
+"pyDVL EK-FAC (all parameters)" is the same call without that, to show what it does with the rest;
+pyDVL runs the transformer in train mode, the same function with dropout 0: "pyDVL EK-FAC (eval mode)"
+shows why).
 
 Every method runs in a fresh process (its own peak RSS, ``ru_maxrss``) on the same trained model,
 the same ``--tests`` test points and all n training points, with a wall-clock limit (``--limit``;
@@ -190,7 +192,7 @@ def kronfluence(strategy: str):
     return run
 
 
-def pydvl_ekfac(freeze: bool):
+def pydvl_ekfac(freeze: bool, train_mode: bool):
     def run(model, X, y, Xt, yt, args, tmp):
         from pydvl.influence import SequentialInfluenceCalculator
         from pydvl.influence.torch import EkfacInfluence
@@ -199,6 +201,11 @@ def pydvl_ekfac(freeze: bool):
         if freeze and args.params is not None:  # pyDVL explains the leaf modules whose parameters require grad
             for name, t in model.named_parameters():
                 t.requires_grad_(name in args.params)
+        if train_mode and args.task == "transformer":
+            # in eval mode, with the attention weights frozen, PyTorch's fused attention (no derivative) runs
+            # under pyDVL's torch.func gradients; train mode avoids it and is the same function (dropout 0)
+            assert all(m.p == 0 for m in model.modules() if isinstance(m, nn.Dropout))
+            model.train()
         train = DataLoader(TensorDataset(X, y), batch_size=args.batch)
         infl = EkfacInfluence(model, update_diagonal=True, hessian_regularization=args.lam).fit(train)
         lazy = SequentialInfluenceCalculator(infl).influences(DataLoader(TensorDataset(Xt, yt), batch_size=len(Xt)), train)
@@ -284,9 +291,12 @@ METHODS = {
                            "its own sampled targets (not whybox's)"),
     "Kronfluence K-FAC": (kronfluence("kfac"), "K-FAC, true Fisher (sampled), λ added to eigenvalues", KS,
                           "damping differs: λ on G⊗A's eigenvalues, whybox factored Tikhonov"),
-    "pyDVL EK-FAC": (pydvl_ekfac(True), "EK-FAC, G from ∇ of Σ_c √p_c log p_c, +λ", KE,
-                     "pyDVL's Fisher: one backward of Σ_c √p_c log p_c (neither sampled nor empirical); Linear layers only"),
-    "pyDVL EK-FAC (all parameters)": (pydvl_ekfac(False), "EK-FAC, G from ∇ of Σ_c √p_c log p_c, +λ", KE,
+    "pyDVL EK-FAC": (pydvl_ekfac(True, True), "EK-FAC, G from ∇ of Σ_c √p_c log p_c, +λ", KE,
+                     "pyDVL's Fisher: one backward of Σ_c √p_c log p_c (neither sampled nor empirical); Linear layers "
+                     "only; transformer: the rest frozen, model in train mode (dropout 0: the same function)"),
+    "pyDVL EK-FAC (eval mode)": (pydvl_ekfac(True, False), "EK-FAC, G from ∇ of Σ_c √p_c log p_c, +λ", KE,
+                                 "as pyDVL EK-FAC, the model left in eval mode"),
+    "pyDVL EK-FAC (all parameters)": (pydvl_ekfac(False, True), "EK-FAC, G from ∇ of Σ_c √p_c log p_c, +λ", KE,
                                       "every parameter requires grad (not frozen to the explained set)"),
     "Captum TracInCP": (captum_tracincp, "none (gradient dot product, 1 checkpoint)", ID, ""),
     "dattri EK-FAC": (dattri_if("ekfac"), "EK-FAC, empirical Fisher, +λ", EE, "Linear layers only"),
@@ -398,12 +408,14 @@ def main() -> None:
                     help="training-set sizes (default: mlp 10,000; cnn 20,000; transformer 10,000)")
     ap.add_argument("--tests", type=int, default=100, help="test points")
     ap.add_argument("--methods", nargs="*", default=None, choices=list(METHODS),
-                    help="default: all but 'pyDVL EK-FAC (all parameters)' (transformer: all but 'dattri CG')")
+                    help="default: all but the pyDVL variants (eval mode) and (all parameters) (transformer: all but 'dattri CG')")
     ap.add_argument("--limit", type=float, default=900, help="seconds per method before it is stopped")
     ap.add_argument("--batch", type=int, default=None,
                     help="batch size of the epoch and of the peers' data loaders (default 512; transformer 256, "
                          "also whybox's chunks there)")
-    ap.add_argument("--proj-dim", type=int, default=32, help="projected methods: d per side of each layer")
+    ap.add_argument("--proj-dim", type=int, default=None,
+                    help="projected methods: d per side of each layer (default 32; transformer 16: at 32 its "
+                         "9 layers exceed whybox's max_dim=8192)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each run")
     ap.add_argument("--check-rows", type=int, default=None,
                     help="training rows for the slow-way agreement (default 500; transformer 300)")
@@ -414,7 +426,10 @@ def main() -> None:
     if args.n is None:
         args.n = [20_000] if args.task == "cnn" else [10_000]
     if args.methods is None:
-        args.methods = [m for m in METHODS if m != ("dattri CG" if big else "pyDVL EK-FAC (all parameters)")]
+        variants = ["pyDVL EK-FAC (eval mode)", "pyDVL EK-FAC (all parameters)"]
+        args.methods = [m for m in METHODS if m not in (["dattri CG"] if big else variants)]
+    if args.proj_dim is None:
+        args.proj_dim = 16 if big else 32
     if args.batch is None:
         args.batch = TRANSFORMER_BATCH if big else 512
     if args.check_rows is None:
