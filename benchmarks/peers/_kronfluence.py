@@ -6,11 +6,15 @@ import torch
 import torch.nn.functional as F
 
 
-def classify_task():
-    """A ``kronfluence.task.Task`` for classifiers fed ``(x, t)`` batches; summed losses, as Kronfluence expects."""
+def classify_task(modules: list[str] | None = None):
+    """A ``kronfluence.task.Task`` for classifiers fed ``(x, t)`` batches; summed losses, as Kronfluence expects.
+    ``modules``: the names of the modules it tracks (None: every ``nn.Linear`` / ``nn.Conv2d``, its default)."""
     from kronfluence.task import Task
 
     class Classify(Task):
+        def get_influence_tracked_modules(self):
+            return modules
+
         def compute_train_loss(self, batch, model, sample=False):
             x, t = batch
             logits = model(x)

@@ -3,13 +3,28 @@
     .venv-bench/bin/python benchmarks/peers/bench_scale.py                      # MLP 137k, n = 10,000
     ... bench_scale.py --n 10000 50000                                          # and n = 50,000
     ... bench_scale.py --task cnn --n 20000                                     # CNN ~105k params
+    ... bench_scale.py --task transformer                                       # transformer 926k, n = 10,000
     ... bench_scale.py --quick                                                  # n = 2,000, 20 test points
     ... bench_scale.py --methods "whybox KFAC" "Kronfluence EK-FAC" --limit 300
 
 Tasks (no downloads): ``mlp`` is ``benchmarks/bench_kfac.py``'s ``make_mlp_task`` (a ReLU MLP 256-512-10,
 136,714 parameters, on a 10-class Gaussian mixture, 3 epochs of Adam, float32); ``cnn`` is a small
 ReLU CNN (two 3×3 convolutions, max-pooling, two Linear layers; 105,514 parameters) on synthetic
-3×16×16 images (a smooth random template per class plus noise), trained the same way.
+3×16×16 images (a smooth random template per class plus noise), trained the same way;
+``transformer`` is ``bench_kfac.py --task transformer``'s task (its ``make_task``):
+``zoo.transformer_classifier`` (4 post-norm ``nn.TransformerEncoder`` layers, d_model 128, 925,700
+parameters) on ``zoo.make_token_sequences`` (32 tokens, 4 classes), 3 epochs of Adam with weight decay
+1e-4, batches of 256.
+
+Which parameters are explained: all of them for ``mlp`` and ``cnn``; for ``transformer`` the 527,364
+parameters of its ``nn.Linear`` modules (``whybox.factorable_params``: each layer's two feed-forward
+Linears and the head; the attention in- and out-projections, embeddings and LayerNorms are held fixed),
+and every library is pointed at that same set: whybox ``Objective(params=...)``, Kronfluence
+``Task.get_influence_tracked_modules``, Captum ``TracInCP(layers=...)``, dattri ``module_name`` /
+``layer_names``, pyDVL by ``requires_grad=False`` on the rest (its way of choosing layers;
+"pyDVL EK-FAC (all parameters)" is the same call without that, to show what it does with the rest;
+pyDVL runs the transformer in train mode, the same function with dropout 0: "pyDVL EK-FAC (eval mode)"
+shows why).
 
 Every method runs in a fresh process (its own peak RSS, ``ru_maxrss``) on the same trained model,
 the same ``--tests`` test points and all n training points, with a wall-clock limit (``--limit``;
@@ -18,8 +33,8 @@ test point against every training point, from a cold process after the imports (
 one-off warm-ups count). One epoch = one forward+backward pass over the n training points in
 batches of ``--batch`` (best of 3), measured in the same process; the peers get the same batch size.
 
-The same curvature for everyone as far as each API allows: λ = weight decay + damping (1e-3 + 1e-3)
-added to the curvature. Which Fisher each method uses (sampled = the true Fisher with one target
+The same curvature for everyone as far as each API allows: λ = weight decay + damping (1e-3 + 1e-3;
+transformer 1e-4 + 1e-3) added to the curvature. Which Fisher each method uses (sampled = the true Fisher with one target
 drawn from the model per example; empirical = the observed labels) is in the "curvature" column.
 
 Agreement (Pearson r; one sign per method, fixed by the all-pairs r, since libraries differ in sign):
@@ -52,10 +67,19 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for bench_kfac
-from bench_kfac import HIDDEN, N_CLASSES, N_FEATURES, epoch_seconds, make_mlp_task  # noqa: E402
+from bench_kfac import (  # noqa: E402
+    HIDDEN,
+    N_CLASSES,
+    N_FEATURES,
+    TRANSFORMER_BATCH,
+    TRANSFORMER_DECAY,
+    epoch_seconds,
+    make_mlp_task,
+    make_task,
+)
 
-WEIGHT_DECAY, DAMPING = 1e-3, 1e-3
-LAMBDA = WEIGHT_DECAY + DAMPING
+DAMPING = 1e-3
+WEIGHT_DECAY = {"mlp": 1e-3, "cnn": 1e-3, "transformer": TRANSFORMER_DECAY}  # each task's training decay
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -71,7 +95,31 @@ def cnn() -> nn.Module:
     )
 
 
-MODELS = {"mlp": mlp, "cnn": cnn}
+def transformer() -> nn.Module:
+    from whybox import zoo
+
+    return zoo.transformer_classifier()
+
+
+MODELS = {"mlp": mlp, "cnn": cnn, "transformer": transformer}
+
+
+def explained(model: nn.Module, task: str) -> tuple[list[str] | None, list[str] | None]:
+    """The explained parameter names and the modules that own them (None, None: all parameters, each
+    library's default layers); for the transformer its Linear layers (``whybox.factorable_params``)."""
+    if task != "transformer":
+        return None, None
+    import whybox
+
+    params = whybox.factorable_params(model)
+    modules = [name for name, m in model.named_modules()
+               if any(f"{name}.{p}" in params for p, _ in m.named_parameters(recurse=False))]
+    return params, modules
+
+
+def make_transformer_task(n: int, n_test: int, seed: int = 0) -> dict:
+    """``bench_kfac.make_task("transformer", ...)``: token sequences and the trained transformer."""
+    return make_task("transformer", n, n_test, seed)
 
 
 def make_cnn_task(n: int, n_test: int, seed: int = 0) -> dict:
@@ -84,7 +132,7 @@ def make_cnn_task(n: int, n_test: int, seed: int = 0) -> dict:
     X = 0.2 * scale * templates[y] + torch.randn(n + n_test, 3, 16, 16, generator=gen)
     torch.manual_seed(seed)
     model = cnn()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=WEIGHT_DECAY)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=WEIGHT_DECAY["cnn"])
     for _ in range(3):
         for i in torch.randperm(n, generator=gen).split(256):
             opt.zero_grad()
@@ -111,7 +159,7 @@ def whybox_factored(kind: str, fisher: str):
     def run(model, X, y, Xt, yt, args, tmp):
         import whybox
 
-        obj = whybox.Objective(model, "cross_entropy", X, y, weight_decay=WEIGHT_DECAY)
+        obj = whybox.Objective(model, "cross_entropy", X, y, **args.objective)
         curvature = {"KFAC": whybox.KFAC, "EKFAC": whybox.EKFAC}[kind](damping=DAMPING, fisher=fisher)
         return whybox.KFACInfluence(obj, curvature).fit().scores(Xt, yt)
     return run
@@ -120,7 +168,7 @@ def whybox_factored(kind: str, fisher: str):
 def whybox_projected(model, X, y, Xt, yt, args, tmp):
     import whybox
 
-    obj = whybox.Objective(model, "cross_entropy", X, y, weight_decay=WEIGHT_DECAY)
+    obj = whybox.Objective(model, "cross_entropy", X, y, **args.objective)
     return whybox.ProjectedInfluence(obj, dim_in=args.proj_dim, dim_out=args.proj_dim, damping=DAMPING).fit().scores(Xt, yt)
 
 
@@ -130,7 +178,7 @@ def kronfluence(strategy: str):
         from kronfluence.analyzer import Analyzer, prepare_model
         from kronfluence.arguments import FactorArguments, ScoreArguments
 
-        task_ = classify_task()
+        task_ = classify_task(args.modules)
 
         model = prepare_model(model, task_)
         analyzer = Analyzer("scale", model, task_, cpu=True, disable_tqdm=True, output_dir=tmp)
@@ -139,20 +187,30 @@ def kronfluence(strategy: str):
                                  factor_args=FactorArguments(strategy=strategy), overwrite_output_dir=True)
         analyzer.compute_pairwise_scores("s", "f", TensorDataset(Xt, yt), train, per_device_query_batch_size=len(Xt),
                                          per_device_train_batch_size=args.batch, overwrite_output_dir=True,
-                                         score_args=ScoreArguments(damping_factor=LAMBDA))
+                                         score_args=ScoreArguments(damping_factor=args.lam))
         return analyzer.load_pairwise_scores("s")["all_modules"]
     return run
 
 
-def pydvl_ekfac(model, X, y, Xt, yt, args, tmp):
-    from pydvl.influence import SequentialInfluenceCalculator
-    from pydvl.influence.torch import EkfacInfluence
-    from pydvl.influence.torch.util import NestedTorchCatAggregator
+def pydvl_ekfac(freeze: bool, train_mode: bool):
+    def run(model, X, y, Xt, yt, args, tmp):
+        from pydvl.influence import SequentialInfluenceCalculator
+        from pydvl.influence.torch import EkfacInfluence
+        from pydvl.influence.torch.util import NestedTorchCatAggregator
 
-    train = DataLoader(TensorDataset(X, y), batch_size=args.batch)
-    infl = EkfacInfluence(model, update_diagonal=True, hessian_regularization=LAMBDA).fit(train)
-    lazy = SequentialInfluenceCalculator(infl).influences(DataLoader(TensorDataset(Xt, yt), batch_size=len(Xt)), train)
-    return lazy.compute(aggregator=NestedTorchCatAggregator())
+        if freeze and args.params is not None:  # pyDVL explains the leaf modules whose parameters require grad
+            for name, t in model.named_parameters():
+                t.requires_grad_(name in args.params)
+        if train_mode and args.task == "transformer":
+            # in eval mode, with the attention weights frozen, PyTorch's fused attention (no derivative) runs
+            # under pyDVL's torch.func gradients; train mode avoids it and is the same function (dropout 0)
+            assert all(m.p == 0 for m in model.modules() if isinstance(m, nn.Dropout))
+            model.train()
+        train = DataLoader(TensorDataset(X, y), batch_size=args.batch)
+        infl = EkfacInfluence(model, update_diagonal=True, hessian_regularization=args.lam).fit(train)
+        lazy = SequentialInfluenceCalculator(infl).influences(DataLoader(TensorDataset(Xt, yt), batch_size=len(Xt)), train)
+        return lazy.compute(aggregator=NestedTorchCatAggregator())
+    return run
 
 
 def captum_tracincp(model, X, y, Xt, yt, args, tmp):
@@ -166,7 +224,8 @@ def captum_tracincp(model, X, y, Xt, yt, args, tmp):
         return 1.0  # learning rate: one checkpoint, unit weight
 
     tracin = TracInCP(model, TensorDataset(X, y), [path], checkpoints_load_func=load_checkpoint,
-                      loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=args.batch, sample_wise_grads_per_batch=True)
+                      loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=args.batch, sample_wise_grads_per_batch=True,
+                      layers=args.modules)
     return tracin.influence((Xt, yt))
 
 
@@ -186,9 +245,9 @@ def dattri_if(kind: str):
 
         task = _dattri_task(model)
         if kind == "ekfac":
-            att = IFAttributorEKFAC(task=task, damping=LAMBDA)
+            att = IFAttributorEKFAC(task=task, module_name=args.modules, damping=args.lam)
         else:
-            att = IFAttributorCG(task=task, regularization=LAMBDA)
+            att = IFAttributorCG(task=task, layer_name=args.params, regularization=args.lam)
         train = DataLoader(TensorDataset(X, y), batch_size=args.batch)
         att.cache(train)
         with torch.no_grad():
@@ -214,7 +273,7 @@ def dattri_logra(model, X, y, Xt, yt, args, tmp):
     task = AttributionTask(loss_func=loss, model=model, checkpoints=model.state_dict())
     # cache_dir: its batch metadata file (default: the working directory, reused by a later run with
     # the same number of batches, which then returns scores of the wrong size)
-    att = LoGraAttributor(task=task, proj_dim=args.proj_dim**2, offload="cpu", cache_dir=tmp)
+    att = LoGraAttributor(task=task, layer_names=args.modules, proj_dim=args.proj_dim**2, offload="cpu", cache_dir=tmp)
     train = DataLoader(TensorDataset(X, y), batch_size=args.batch, collate_fn=collate)
     att.cache(train)
     return att.attribute(train, DataLoader(TensorDataset(Xt, yt), batch_size=len(Xt))).T
@@ -232,8 +291,13 @@ METHODS = {
                            "its own sampled targets (not whybox's)"),
     "Kronfluence K-FAC": (kronfluence("kfac"), "K-FAC, true Fisher (sampled), λ added to eigenvalues", KS,
                           "damping differs: λ on G⊗A's eigenvalues, whybox factored Tikhonov"),
-    "pyDVL EK-FAC": (pydvl_ekfac, "EK-FAC, G from ∇ of Σ_c √p_c log p_c, +λ", KE,
-                     "pyDVL's Fisher: one backward of Σ_c √p_c log p_c (neither sampled nor empirical); Linear layers only"),
+    "pyDVL EK-FAC": (pydvl_ekfac(True, True), "EK-FAC, G from ∇ of Σ_c √p_c log p_c, +λ", KE,
+                     "pyDVL's Fisher: one backward of Σ_c √p_c log p_c (neither sampled nor empirical); Linear layers "
+                     "only; transformer: the rest frozen, model in train mode (dropout 0: the same function)"),
+    "pyDVL EK-FAC (eval mode)": (pydvl_ekfac(True, False), "EK-FAC, G from ∇ of Σ_c √p_c log p_c, +λ", KE,
+                                 "as pyDVL EK-FAC, the model left in eval mode"),
+    "pyDVL EK-FAC (all parameters)": (pydvl_ekfac(False, True), "EK-FAC, G from ∇ of Σ_c √p_c log p_c, +λ", KE,
+                                      "every parameter requires grad (not frozen to the explained set)"),
     "Captum TracInCP": (captum_tracincp, "none (gradient dot product, 1 checkpoint)", ID, ""),
     "dattri EK-FAC": (dattri_if("ekfac"), "EK-FAC, empirical Fisher, +λ", EE, "Linear layers only"),
     "dattri LoGra": (dattri_logra, "projected d×d per layer, empirical Fisher, λ relative", EE,
@@ -296,7 +360,7 @@ def run_reference(path: str, args: argparse.Namespace, tmp: str) -> None:
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     task, model, X, y, Xt, yt = load(path)
-    obj = whybox.Objective(model, "cross_entropy", X, y, weight_decay=WEIGHT_DECAY)
+    obj = whybox.Objective(model, "cross_entropy", X, y, **args.objective)
     rows = torch.load(Path(tmp) / "rows.pt")
     refs, seconds = {}, {}
     for name, curvature in [(KS, whybox.KFAC(damping=DAMPING, fisher="sampled")),
@@ -340,19 +404,40 @@ def load_average() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", choices=list(MODELS), default="mlp")
-    ap.add_argument("--n", type=int, nargs="*", default=None, help="training-set sizes (default: mlp 10,000; cnn 20,000)")
+    ap.add_argument("--n", type=int, nargs="*", default=None,
+                    help="training-set sizes (default: mlp 10,000; cnn 20,000; transformer 10,000)")
     ap.add_argument("--tests", type=int, default=100, help="test points")
-    ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--methods", nargs="*", default=None, choices=list(METHODS),
+                    help="default: all but the pyDVL variants (eval mode) and (all parameters) (transformer: all but 'dattri CG')")
     ap.add_argument("--limit", type=float, default=900, help="seconds per method before it is stopped")
-    ap.add_argument("--batch", type=int, default=512, help="batch size of the epoch and of the peers' data loaders")
-    ap.add_argument("--proj-dim", type=int, default=32, help="projected methods: d per side of each layer")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="batch size of the epoch and of the peers' data loaders (default 512; transformer 256, "
+                         "also whybox's chunks there)")
+    ap.add_argument("--proj-dim", type=int, default=None,
+                    help="projected methods: d per side of each layer (default 32; transformer 16: at 32 its "
+                         "9 layers exceed whybox's max_dim=8192)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each run")
-    ap.add_argument("--check-rows", type=int, default=500, help="training rows for the slow-way agreement")
+    ap.add_argument("--check-rows", type=int, default=None,
+                    help="training rows for the slow-way agreement (default 500; transformer 300)")
     ap.add_argument("--quick", action="store_true", help="n = 2,000 and 20 test points")
     ap.add_argument("--out", default="benchmarks/results/peers_scale.md", help="markdown file to append the table to")
     args = ap.parse_args()
+    big = args.task == "transformer"
     if args.n is None:
-        args.n = [10_000] if args.task == "mlp" else [20_000]
+        args.n = [20_000] if args.task == "cnn" else [10_000]
+    if args.methods is None:
+        variants = ["pyDVL EK-FAC (eval mode)", "pyDVL EK-FAC (all parameters)"]
+        args.methods = [m for m in METHODS if m not in (["dattri CG"] if big else variants)]
+    if args.proj_dim is None:
+        args.proj_dim = 16 if big else 32
+    if args.batch is None:
+        args.batch = TRANSFORMER_BATCH if big else 512
+    if args.check_rows is None:
+        args.check_rows = 300 if big else 500
+    args.decay = WEIGHT_DECAY[args.task]
+    args.lam = args.decay + DAMPING
+    args.params, args.modules = explained(MODELS[args.task](), args.task)
+    args.objective = {"weight_decay": args.decay, "params": args.params} | ({"batch_size": args.batch} if big else {})
     if args.quick:
         args.n, args.tests, args.check_rows = [2000], 20, 200
     torch.set_num_threads(args.threads)
@@ -362,16 +447,20 @@ def main() -> None:
     from whybox.utils import machine_info, markdown_table
 
     libs = ", ".join(f"{lib} {version(lib)}" for lib in ("kronfluence", "pyDVL", "captum", "dattri"))
-    p = sum(x.numel() for x in MODELS[args.task]().parameters())
+    model = MODELS[args.task]()
+    p = sum(x.numel() for x in model.parameters())
+    chosen = "all explained" if args.params is None else (
+        f"{sum(x.numel() for name, x in model.named_parameters() if name in args.params):,} explained: the "
+        f"Linear modules {', '.join(args.modules)}")
     header = [machine_info() + f"; {libs}",
-              f"task {args.task} ({p:,} params, float32), {args.tests} test points, weight decay {WEIGHT_DECAY:g} + "
-              f"damping {DAMPING:g} = λ {LAMBDA:g}, batch {args.batch}, projection {args.proj_dim}×{args.proj_dim} "
+              f"task {args.task} ({p:,} params, {chosen}; float32), {args.tests} test points, weight decay "
+              f"{args.decay:g} + damping {DAMPING:g} = λ {args.lam:g}, batch {args.batch}, projection {args.proj_dim}×{args.proj_dim} "
               f"per layer, limit {args.limit:g} s per method, {args.threads} thread(s); load average at start {load_average()}"]
     print("\n".join(header), flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.n:
-            task = (make_mlp_task if args.task == "mlp" else make_cnn_task)(n, args.tests)
+            task = {"mlp": make_mlp_task, "cnn": make_cnn_task, "transformer": make_transformer_task}[args.task](n, args.tests)
             task["model"] = args.task
             print(f"n = {n:,}: trained, test accuracy {task['test_accuracy']:.3f}", flush=True)
             path = str(Path(tmp) / f"task{n}.pt")
