@@ -26,12 +26,15 @@ and every library is pointed at that same set: whybox ``Objective(params=...)``,
 pyDVL runs the transformer in train mode, the same function with dropout 0: "pyDVL EK-FAC (eval mode)"
 shows why).
 
-Every method runs in a fresh process (its own peak RSS, ``ru_maxrss``) on the same trained model,
+Every method runs in a fresh process on the same trained model,
 the same ``--tests`` test points and all n training points, with a wall-clock limit (``--limit``;
 past it the process is killed and the table says so). Time = the method's fit + scores of every
 test point against every training point, from a cold process after the imports (each library's
 one-off warm-ups count). One epoch = one forward+backward pass over the n training points in
 batches of ``--batch`` (best of 3), measured in the same process; the peers get the same batch size.
+Memory: "peak RSS" is the high-water mark of the timed method alone (reset once the data, model and
+imports are in place, ``whybox.utils.reset_peak_rss``); "peak above start" subtracts what the process
+held then (the 100 × n answer included): what the method itself needs, which should stay flat in n.
 
 The same curvature for everyone as far as each API allows: λ = weight decay + damping (1e-3 + 1e-3;
 transformer 1e-4 + 1e-3) added to the curvature. Which Fisher each method uses (sampled = the true Fisher with one target
@@ -53,7 +56,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import resource
 import shlex
 import sys
 import tempfile
@@ -316,15 +318,13 @@ PRELOAD = {
 }
 
 
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_method(path: str, method: str, args: argparse.Namespace, tmp: str) -> None:
     """In a fresh process: imports, epoch, then the timed method; scores and a JSON line to ``tmp``."""
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     import importlib
+
+    from whybox.utils import peak_rss_mib, reset_peak_rss, rss_mib
 
     try:
         for module in PRELOAD[method.split()[0]]:
@@ -335,7 +335,8 @@ def run_method(path: str, method: str, args: argparse.Namespace, tmp: str) -> No
     task, model, X, y, Xt, yt = load(path)
     epoch = epoch_seconds(model, X, y, args.batch)
     model.zero_grad(set_to_none=True)
-    base = rss_mib()
+    base = rss_mib()  # data, model, libraries
+    reset_peak_rss()  # the peak below is the method's own phase (Linux; else the process's peak)
     start = time.perf_counter()
     try:
         scores = METHODS[method][0](model, X, y, Xt, yt, args, tmp)
@@ -349,8 +350,8 @@ def run_method(path: str, method: str, args: argparse.Namespace, tmp: str) -> No
         raise ValueError("wrong number of scores")
     scores = scores.reshape(len(Xt), len(X))
     torch.save(scores, Path(tmp) / "scores.pt")
-    (Path(tmp) / "row.json").write_text(json.dumps({"total s": total, "epoch s": epoch, "peak RSS MiB": rss_mib(),
-                                                    "RSS before MiB": base}))
+    (Path(tmp) / "row.json").write_text(json.dumps({"total s": total, "epoch s": epoch, "peak RSS MiB": peak_rss_mib(),
+                                                    "RSS at start MiB": base}))
 
 
 def run_reference(path: str, args: argparse.Namespace, tmp: str) -> None:
@@ -482,7 +483,7 @@ def main() -> None:
                 start = time.perf_counter()
                 in_process(run_method, (path, method, args, str(out)), args.limit)
                 row = {"n": n, "method": method, "total s": math.nan, "epoch s": math.nan, "total / epoch": math.nan,
-                       "peak RSS MiB": math.nan, "curvature": curvature, "reference": ref_name,
+                       "peak RSS MiB": math.nan, "peak above start MiB": math.nan, "curvature": curvature, "reference": ref_name,
                        "r all (same curv.)": math.nan, "r min/test (same curv.)": math.nan,
                        "r all (Kronfluence EK-FAC)": math.nan, "r min/test (Kronfluence EK-FAC)": math.nan, "note": note}
                 if not (out / "row.json").exists():
@@ -494,7 +495,7 @@ def main() -> None:
                     print(markdown_table(rows[-1:]), flush=True)
                     continue
                 row.update(json.loads((out / "row.json").read_text()))
-                row.pop("RSS before MiB")
+                row["peak above start MiB"] = row["peak RSS MiB"] - row.pop("RSS at start MiB")
                 row["total / epoch"] = row["total s"] / row["epoch s"]
                 scores = torch.load(out / "scores.pt")
                 row["r all (same curv.)"], row["r min/test (same curv.)"] = agreement(scores[:, check], refs[ref_name])
@@ -516,7 +517,8 @@ def main() -> None:
                 a, b = by_n[sizes[0]], by_n[sizes[-1]]
                 slope = np.log(b["total s"] / a["total s"]) / np.log(sizes[-1] / sizes[0])
                 lines.append(f"{method}: log-log slope of total time in n ({sizes[0]} -> {sizes[-1]}) = {slope:.2f}; "
-                             f"peak RSS {a['peak RSS MiB']:.0f} -> {b['peak RSS MiB']:.0f} MiB")
+                             f"peak RSS {a['peak RSS MiB']:.0f} -> {b['peak RSS MiB']:.0f} MiB, above the start "
+                             f"{a['peak above start MiB']:.0f} -> {b['peak above start MiB']:.0f} MiB")
         print("\n".join(lines))
     if args.out:
         out = Path(args.out)
