@@ -790,20 +790,20 @@ class Objective:
         """This objective on another device (the model is moved in place; θ̂ is kept)."""
         theta = self.theta.to(device)
         self.model.to(device)
-        moved = Objective(self.model, self.loss_fn, self.X.to(device), self.y.to(device), weight_decay=self.weight_decay,
-                          params=self.param_names, batch_size=self.batch_size, cache_bytes=self.cache_bytes)
-        return moved.with_theta(theta)
+        return self._rebuilt(self.model, self.X.to(device), self.y.to(device), theta)
+
+    def _rebuilt(self, model: nn.Module, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> Objective:
+        """This problem (loss, weight decay, explained parameters, batching) on another model copy or data placement, at θ."""
+        return Objective(model, self.loss_fn, X, y, weight_decay=self.weight_decay, params=self.param_names,
+                         batch_size=self.batch_size, cache_bytes=self.cache_bytes).with_theta(theta)
 
     def cast(self, dtype: torch.dtype) -> Objective:
         """A copy of this objective in another floating dtype (a copy of the model, floating data
         cast, θ̂ kept): e.g. float32 products for a solver that checks its answer in float64."""
         if self.dtype == dtype:
             return self
-        model = copy.deepcopy(self.model).to(dtype)
         X = self.X.to(dtype) if self.X.is_floating_point() else self.X
-        cast = Objective(model, self.loss_fn, X, self.y, weight_decay=self.weight_decay, params=self.param_names,
-                         batch_size=self.batch_size, cache_bytes=self.cache_bytes)
-        return cast.with_theta(self.theta.to(dtype))
+        return self._rebuilt(copy.deepcopy(self.model).to(dtype), X, self.y, self.theta.to(dtype))
 
     def write_to_model(self, theta: torch.Tensor | None = None) -> None:
         """Copy θ (default θ̂) into the model's parameters."""

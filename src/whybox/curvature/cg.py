@@ -105,10 +105,10 @@ class CG(Curvature):
     def fit(self, objective: Objective) -> CG:
         super().fit(objective)
         self._working = None
-        if self.precision == "float32" and objective.dtype != torch.float32 and self.curvature == "hessian" \
-                and objective._linear_head() is not None:  # two GEMMs a product: a float32 copy does not pay
-            self.diagnostics["precision"] = "model (closed-form products of a GLM / last layer)"
-        elif self.precision == "float32" and objective.dtype != torch.float32:
+        mixed = self.precision == "float32" and objective.dtype != torch.float32
+        if mixed and self.curvature == "hessian" and objective._linear_head() is not None:
+            self.diagnostics["precision"] = "model (closed-form products of a GLM / last layer)"  # a copy does not pay
+        elif mixed:
             try:
                 self._working = objective.cast(torch.float32)
             except Exception as err:  # a model that cannot be copied or cast: iterate in its own dtype
